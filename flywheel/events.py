@@ -1,0 +1,177 @@
+"""The shopper event schema, its validation, and user-id pseudonymisation.
+
+An event is one JSON object on the ``events`` topic, keyed by user id::
+
+    {"event_id": "e-1", "user_id": "u42", "item_id": "sku-7", "action": "purchase",
+     "ts": 1700000000000, "scene": "cart",
+     "category": "dairy", "brand": "acme", "price": 2.49}
+
+``event_id``, ``user_id``, ``item_id`` (non-empty strings of at most 128 characters; integers
+are accepted and turned into strings), ``action`` (one of :data:`ACTIONS`) and ``ts`` (epoch
+milliseconds, integer) are required; ``scene``, ``category``, ``brand`` (strings) and ``price``
+(non-negative number) are optional. Anything else in the object is ignored.
+
+:func:`parse_event` never raises on bad input: it returns an :class:`Event` or a
+:class:`Rejection` whose ``reason`` is one of :data:`REJECT_REASONS` (a bounded set, safe as a
+metric label) and whose ``detail`` names the offending field. The user id is replaced by its
+keyed HMAC-SHA256 pseudonym before the event leaves this module, so raw ids never reach Flink
+state, Redis or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from flywheel.settings import ACTIONS
+
+__all__ = [
+    "ACTIONS",
+    "REJECT_REASONS",
+    "Event",
+    "Rejection",
+    "dead_letter",
+    "parse_event",
+    "pseudonymise",
+]
+
+REJECT_REASONS: tuple[str, ...] = (
+    "oversized",
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "unknown_action",
+    "bad_timestamp",
+)
+MAX_ID_CHARS = 128
+_REQUIRED = ("event_id", "user_id", "item_id", "action", "ts")
+_OPTIONAL_STR = ("scene", "category", "brand")
+_ACTION_SET = frozenset(ACTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event; ``user`` is the pseudonym, never the raw user id."""
+
+    event_id: str
+    user: str
+    item: str
+    action: str
+    ts: int
+    scene: str = ""
+    category: str = ""
+    brand: str = ""
+    price: float = -1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a payload was refused: ``reason`` is bounded, ``detail`` is for humans."""
+
+    reason: str
+    detail: str
+
+
+def pseudonymise(user_id: str, key: str) -> str:
+    """Keyed HMAC-SHA256 pseudonym of a user id: 32 hex characters (128 bits).
+
+    >>> pseudonymise("alice", "secret-key")
+    'a4a0de5c2d2fa0bc72ff5e0e4d12ee41'
+    """
+    return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def parse_event(
+    payload: bytes | str,
+    *,
+    hmac_key: str,
+    now_ms: int,
+    max_bytes: int = 16384,
+    min_ts_ms: int = 946684800000,
+    max_future_skew_ms: int = 86_400_000,
+) -> Event | Rejection:
+    """Validate one raw payload and pseudonymise its user.
+
+    >>> raw = '{"event_id":"1","user_id":"u","item_id":"i","action":"click","ts":1700000000000}'
+    >>> parse_event(raw, hmac_key="k" * 8, now_ms=1700000000000).action
+    'click'
+    >>> parse_event('{"event_id":"1"}', hmac_key="k" * 8, now_ms=0)
+    Rejection(reason='missing_field', detail='missing field user_id')
+    """
+    raw = payload.encode() if isinstance(payload, str) else payload
+    if len(raw) > max_bytes:
+        return Rejection("oversized", f"payload of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("malformed_json", f"invalid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    for name in _REQUIRED:
+        if obj.get(name) is None:
+            return Rejection("missing_field", f"missing field {name}")
+    ids = [_as_id(obj[name]) for name in ("event_id", "user_id", "item_id")]
+    for name, value in zip(("event_id", "user_id", "item_id"), ids, strict=True):
+        if value is None:
+            return Rejection("wrong_type", f"{name} must be a non-empty string of <= 128 chars")
+    action = obj["action"]
+    if not isinstance(action, str):
+        return Rejection("wrong_type", "action must be a string")
+    if action not in _ACTION_SET:
+        return Rejection("unknown_action", f"unknown action {action[:40]!r}")
+    ts = obj["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        return Rejection("wrong_type", "ts must be an integer (epoch milliseconds)")
+    if ts < min_ts_ms or ts > now_ms + max_future_skew_ms:
+        return Rejection("bad_timestamp", f"ts {ts} is outside [{min_ts_ms}, now + skew]")
+    optional = _optional_fields(obj)
+    if isinstance(optional, Rejection):
+        return optional
+    event_id, user_id, item_id = ids
+    assert event_id is not None and user_id is not None and item_id is not None
+    return Event(event_id, pseudonymise(user_id, hmac_key), item_id, action, ts, *optional)
+
+
+def _as_id(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
+        return value
+    return None
+
+
+def _optional_fields(obj: dict[str, Any]) -> tuple[str, str, str, float] | Rejection:
+    texts = []
+    for name in _OPTIONAL_STR:
+        value = obj.get(name)
+        if value is None:
+            texts.append("")
+        elif isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+            texts.append(value)
+        else:
+            return Rejection("wrong_type", f"{name} must be a string of <= 128 chars")
+    price = obj.get("price")
+    if price is None:
+        return texts[0], texts[1], texts[2], -1.0
+    if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+        return Rejection("wrong_type", "price must be a non-negative number")
+    return texts[0], texts[1], texts[2], float(price)
+
+
+def dead_letter(payload: bytes | str, rejection: Rejection, now_ms: int) -> bytes:
+    """The dead-letter record: the original payload (as text) with reason and detail.
+
+    >>> dead_letter(b"{", Rejection("malformed_json", "x"), 5)
+    b'{"reason":"malformed_json","detail":"x","ts":5,"payload":"{"}'
+    """
+    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+    record = {"reason": rejection.reason, "detail": rejection.detail, "ts": now_ms}
+    record["payload"] = text
+    return orjson.dumps(record)

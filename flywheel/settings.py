@@ -1,0 +1,179 @@
+"""One typed settings object for every Flywheel process.
+
+Values come from environment variables prefixed ``FLYWHEEL_`` (e.g. ``FLYWHEEL_REDIS_URL``)
+or from their defaults below. :func:`load_settings` validates them once at start-up; an invalid
+value raises :class:`SettingsError` whose message names the offending variable. The object is
+frozen and passed down explicitly: no module reads ``os.environ`` on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ACTIONS", "Settings", "SettingsError", "load_settings"]
+
+ACTIONS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "impression")
+"""Every action an event may carry, in order of increasing intent (impression aside)."""
+
+ENV_PREFIX = "FLYWHEEL_"
+DEV_HMAC_KEY = "flywheel-dev-key-change-me"
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Configuration of the job, the producers, the serving clients and the local stack."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    events_topic: str = Field("events", description="topic of shopper events, keyed by user")
+    dlq_topic: str = Field("events.dlq", description="dead-letter topic: payload + reason")
+    item_sync_topic: str = Field(
+        "flywheel.item-deltas", description="item-factor deltas shared by all job subtasks"
+    )
+    consumer_group: str = Field("flywheel-job", description="Kafka consumer group of the job")
+    start_from: Literal["earliest", "latest", "committed"] = Field(
+        "earliest", description="where a fresh job (no checkpoint) starts reading events"
+    )
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for top-N lists")
+    redis_prefix: str = Field("fw", description="prefix of every Redis key Flywheel writes")
+    list_ttl_s: int = Field(7 * 86400, ge=0, description="TTL of list keys, 0 = none")
+
+    # --- privacy -------------------------------------------------------------------------
+    hmac_key: str = Field(DEV_HMAC_KEY, min_length=8, description="HMAC key for user ids")
+
+    # --- event validation ----------------------------------------------------------------
+    max_event_bytes: int = Field(16384, ge=256, description="larger payloads are dead-lettered")
+    min_event_ts_ms: int = Field(946684800000, description="older ts are absurd (2000-01-01)")
+    max_future_skew_ms: int = Field(86_400_000, ge=0, description="allowed ts ahead of now")
+    dedupe_window: int = Field(256, ge=0, description="recent event ids kept per user")
+
+    # --- model ---------------------------------------------------------------------------
+    n_factors: int = Field(32, ge=1, le=1024, description="latent factors per user/item")
+    learning_rate: float = Field(0.05, gt=0, le=10, description="SGD learning rate")
+    l2: float = Field(0.002, ge=0, description="L2 regularisation")
+    n_negatives: int = Field(4, ge=0, le=100, description="sampled negatives per positive")
+    init_std: float = Field(0.1, gt=0, description="std of the initial factors")
+    seed: int = Field(42, description="seed of initialisation and negative sampling")
+    weight_view: float = Field(0.5, ge=0)
+    weight_click: float = Field(1.0, ge=0)
+    weight_add_to_cart: float = Field(2.0, ge=0)
+    weight_purchase: float = Field(4.0, ge=0)
+    max_items: int = Field(2_000_000, ge=1, description="item-table capacity")
+
+    # --- features ------------------------------------------------------------------------
+    windows_s: tuple[int, ...] = Field((3600, 86400), description="sliding windows, seconds")
+    out_of_orderness_ms: int = Field(60_000, ge=0, description="bounded out-of-orderness")
+    recent_items_max: int = Field(50, ge=1, description="recent item sequence length")
+    purchased_max: int = Field(500, ge=0, description="purchased items kept per user")
+    categories_max: int = Field(50, ge=1, description="categories counted per user")
+    state_ttl_s: int = Field(30 * 86400, ge=60, description="idle users' state expires")
+
+    # --- top-N ---------------------------------------------------------------------------
+    top_n: int = Field(50, ge=1, le=1000, description="list length written to Redis")
+    exclude_purchased: bool = Field(True, description="False for rebuy catalogues (groceries)")
+    coalesce_ms: int = Field(250, ge=10, description="min interval between refreshes of a user")
+    cold_user_events: int = Field(3, ge=0, description="users with fewer events get trending")
+    trending_window_s: int = Field(86400, ge=60, description="window of trending popularity")
+    item_sync_flush_ms: int = Field(50, ge=1, description="max delay of item-delta batches")
+
+    # --- Flink ---------------------------------------------------------------------------
+    parallelism: int = Field(1, ge=1, le=256)
+    execution_mode: Literal["thread", "process"] = "thread"
+    checkpoint_interval_ms: int = Field(10_000, ge=0, description="0 disables checkpoints")
+    checkpoint_dir: Path = Field(Path("var/checkpoints"), description="checkpoint storage")
+    restore_from: str = Field("", description="checkpoint/savepoint path to restore, or ''")
+    flink_metrics_port: int = Field(9249, ge=0, le=65535, description="Flink Prometheus port")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Flywheel metrics port")
+
+    # --- embedded stack ------------------------------------------------------------------
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    var_dir: Path = Field(Path("var"), description="logs and data of the local stack")
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows_sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value) or list(value) != sorted(set(value)):
+            raise ValueError("windows must be positive, distinct and ascending, e.g. 3600,86400")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_shape(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _topics_distinct(self) -> Settings:
+        topics = {self.events_topic, self.dlq_topic, self.item_sync_topic}
+        if len(topics) != 3:
+            raise ValueError("events_topic, dlq_topic and item_sync_topic must differ")
+        return self
+
+    @property
+    def action_weights(self) -> dict[str, float]:
+        """Weight of each learnable action as a positive (impressions are not learned)."""
+        return {
+            "view": self.weight_view,
+            "click": self.weight_click,
+            "add_to_cart": self.weight_add_to_cart,
+            "purchase": self.weight_purchase,
+        }
+
+    def with_overrides(self, **values: object) -> Settings:
+        """A validated copy with some values replaced (used by CLIs and tests)."""
+        merged = self.model_dump()
+        merged.update(values)
+        return _validated(merged)
+
+
+def _validated(values: dict[str, object]) -> Settings:
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        env = f"{ENV_PREFIX}{name.upper()}" if err["loc"] else "settings"
+        lines.append(f"invalid setting {env}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings from the environment; ``overrides`` win over it.
+
+    >>> load_settings(n_factors=8).n_factors
+    8
+    >>> load_settings(n_factors=0)
+    Traceback (most recent call last):
+    ...
+    flywheel.settings.SettingsError: invalid setting FLYWHEEL_N_FACTORS: ...
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None

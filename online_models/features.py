@@ -1,0 +1,161 @@
+"""Windowed per-user features in event time.
+
+State kept per user (all bounded):
+
+- ``max_ts``: the largest event timestamp seen; the user's watermark is
+  ``max_ts - out_of_orderness_ms``.
+- per window ``W`` (e.g. 1 h and 24 h): counts by action in ``BUCKETS`` buckets of ``W/BUCKETS``
+  each; the window is the buckets covering ``(max_ts - W, max_ts]``, so it slides in steps of
+  ``W/BUCKETS`` (5 min for 1 h, 2 h for 24 h). At most ``BUCKETS + 1`` buckets per window.
+- lifetime counts by action, counts by category (at most ``categories_max``: when full, the
+  least-counted category is evicted), the ``recent_max`` most recent items (newest last) and
+  the ``purchased_max`` most recently purchased distinct items.
+
+Late events: an event older than the watermark is *late*. It is still learnt from by the model
+and counted in the lifetime and category counts, but it is not added to the window counts
+(the windows it belonged to are treated as closed, as Flink does for elements beyond the
+allowed lateness); ``late`` counts such events. Events within the out-of-orderness bound are
+counted in the bucket their own timestamp falls into.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BUCKETS", "UserFeatures"]
+
+BUCKETS = 12
+
+
+class UserFeatures:
+    """Windowed and bounded features of one user; serialisable to a JSON-ready dict.
+
+    >>> f = UserFeatures(windows_s=(3600,), out_of_orderness_ms=60_000)
+    >>> f.add("i1", "click", 10_000_000, "tea")
+    True
+    >>> f.add("i2", "purchase", 10_000_000 + 7_200_000, "tea")
+    True
+    >>> f.window_counts()[3600]
+    {'purchase': 1}
+    >>> f.add("i3", "view", 10_000_000, "")   # 2 h older than max_ts: late
+    False
+    >>> f.to_dict()["late"], f.totals
+    (1, {'click': 1, 'purchase': 1, 'view': 1})
+    """
+
+    __slots__ = (
+        "buckets",
+        "categories",
+        "categories_max",
+        "late",
+        "max_ts",
+        "out_of_orderness_ms",
+        "purchased",
+        "purchased_max",
+        "recent",
+        "recent_max",
+        "totals",
+        "windows_s",
+    )
+
+    def __init__(
+        self,
+        windows_s: tuple[int, ...] = (3600, 86400),
+        out_of_orderness_ms: int = 60_000,
+        recent_max: int = 50,
+        purchased_max: int = 500,
+        categories_max: int = 50,
+    ):
+        self.windows_s = windows_s
+        self.out_of_orderness_ms = out_of_orderness_ms
+        self.recent_max = recent_max
+        self.purchased_max = purchased_max
+        self.categories_max = categories_max
+        self.max_ts = 0
+        self.late = 0
+        self.totals: dict[str, int] = {}
+        self.categories: dict[str, int] = {}
+        self.recent: list[str] = []
+        self.purchased: list[str] = []
+        # window seconds -> {bucket start ms: {action: count}}
+        self.buckets: dict[int, dict[int, dict[str, int]]] = {w: {} for w in windows_s}
+
+    def add(self, item: str, action: str, ts: int, category: str = "") -> bool:
+        """Record one accepted event; returns False when it was late for the windows."""
+        self.totals[action] = self.totals.get(action, 0) + 1
+        if category:
+            self._count_category(category)
+        self._remember(item, action)
+        on_time = ts >= self.max_ts - self.out_of_orderness_ms
+        if not on_time:
+            self.late += 1
+        else:
+            self.max_ts = max(self.max_ts, ts)
+            for window, buckets in self.buckets.items():
+                start = ts - ts % (window * 1000 // BUCKETS)
+                counts = buckets.setdefault(start, {})
+                counts[action] = counts.get(action, 0) + 1
+        self._expire()
+        return on_time
+
+    def window_counts(self) -> dict[int, dict[str, int]]:
+        """Counts by action in each window ending at ``max_ts``."""
+        out: dict[int, dict[str, int]] = {}
+        for window, buckets in self.buckets.items():
+            lower = self.max_ts - window * 1000
+            totals: dict[str, int] = {}
+            for start, counts in buckets.items():
+                if start + window * 1000 // BUCKETS > lower:
+                    for action, n in counts.items():
+                        totals[action] = totals.get(action, 0) + n
+            out[window] = dict(sorted(totals.items()))
+        return out
+
+    def _remember(self, item: str, action: str) -> None:
+        self.recent.append(item)
+        if len(self.recent) > self.recent_max:
+            del self.recent[: len(self.recent) - self.recent_max]
+        if action == "purchase" and self.purchased_max:
+            if item in self.purchased:
+                self.purchased.remove(item)
+            self.purchased.append(item)
+            if len(self.purchased) > self.purchased_max:
+                del self.purchased[0]
+
+    def _count_category(self, category: str) -> None:
+        if category not in self.categories and len(self.categories) >= self.categories_max:
+            del self.categories[min(self.categories, key=self.categories.__getitem__)]
+        self.categories[category] = self.categories.get(category, 0) + 1
+
+    def _expire(self) -> None:
+        for window, buckets in self.buckets.items():
+            width = window * 1000 // BUCKETS
+            lower = self.max_ts - window * 1000 - width
+            for start in [s for s in buckets if s < lower]:
+                del buckets[start]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (also what the inspection CLI shows, with ``windows`` added)."""
+        return {
+            "max_ts": self.max_ts,
+            "late": self.late,
+            "totals": self.totals,
+            "categories": self.categories,
+            "recent": self.recent,
+            "purchased": self.purchased,
+            "buckets": {str(w): {str(s): c for s, c in b.items()} for w, b in self.buckets.items()},
+        }
+
+    def load(self, state: dict[str, Any]) -> UserFeatures:
+        """Restore from :meth:`to_dict` output (windows not in the settings are dropped)."""
+        self.max_ts = state["max_ts"]
+        self.late = state["late"]
+        self.totals = state["totals"]
+        self.categories = state["categories"]
+        self.recent = state["recent"]
+        self.purchased = state["purchased"]
+        saved = state["buckets"]
+        self.buckets = {
+            w: {int(s): c for s, c in saved.get(str(w), {}).items()} for w in self.windows_s
+        }
+        return self

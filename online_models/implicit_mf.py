@@ -1,0 +1,174 @@
+"""Online implicit-feedback matrix factorisation, a River ``reco`` Ranker.
+
+Each positive interaction (user, item, weight) takes one SGD step on a weighted logistic loss
+over the item and ``n_negatives`` sampled negatives::
+
+    score(u, i) = <p_u, q_i> + b_i
+    loss        = w * -log(sigmoid(score(u, i))) + sum_j -log(1 - sigmoid(score(u, j)))
+
+The step uses the factors as they are before it (all gradients first, then all updates), so it
+is the same whether it runs here or inside a Flink operator. Negatives are drawn uniformly from
+the items known at that moment by a generator seeded with the event's key, so a replay of the
+same stream gives bit-identical factors.
+
+State kept: the :class:`~online_models.item_table.ItemTable` (bounded by ``max_items``) and,
+when used standalone through ``learn_one``, one float32 vector per user in ``users``; the
+Flink job keeps user vectors in its own keyed state instead and calls :meth:`ImplicitMF.update`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from river import optim
+from river.reco.base import Ranker
+
+from online_models.item_table import ItemTable, stable_seed
+
+__all__ = ["DEFAULT_ACTION_WEIGHTS", "ImplicitMF", "ItemDeltas"]
+
+DEFAULT_ACTION_WEIGHTS = {"view": 0.5, "click": 1.0, "add_to_cart": 2.0, "purchase": 4.0}
+_CLIP = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDeltas:
+    """What one update added to the item table: ids, factor deltas (m x k), bias deltas (m,)."""
+
+    items: list[str]
+    factors: np.ndarray
+    bias: np.ndarray
+
+
+class ImplicitMF(Ranker):
+    """Weighted logistic matrix factorisation with sampled negatives, learnt one event at a time.
+
+    Parameters
+    ----------
+    n_factors
+        Length of user and item vectors.
+    learning_rate
+        Step size of River's :class:`~river.optim.SGD` (ignored when ``optimizer`` is given).
+    optimizer
+        A River SGD optimiser (may carry a learning-rate schedule); ``None`` = ``SGD(learning_rate)``.
+    l2
+        L2 penalty on the factors touched by a step.
+    n_negatives
+        Negatives sampled per positive.
+    action_weights
+        Weight of a positive per action; ``None`` = :data:`DEFAULT_ACTION_WEIGHTS`.
+    init_std
+        Standard deviation of the initial factors.
+    seed
+        Seed of initialisation and negative sampling.
+    max_items
+        Capacity of the item table.
+
+    Examples
+    --------
+    >>> model = ImplicitMF(n_factors=8, seed=1)
+    >>> for _ in range(30):
+    ...     model.learn_one("ann", "tea", x={"action": "purchase", "key": "k"})
+    ...     model.learn_one("bob", "coffee", x={"action": "purchase", "key": "k"})
+    >>> model.predict_one("ann", "tea") > model.predict_one("ann", "coffee")
+    True
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 32,
+        learning_rate: float = 0.05,
+        optimizer: optim.SGD | None = None,
+        l2: float = 0.002,
+        n_negatives: int = 4,
+        action_weights: dict[str, float] | None = None,
+        init_std: float = 0.1,
+        seed: int = 42,
+        max_items: int = 2_000_000,
+    ):
+        super().__init__(seed=seed)
+        self.n_factors = n_factors
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.l2 = l2
+        self.n_negatives = n_negatives
+        self.action_weights = action_weights
+        self.init_std = init_std
+        self.max_items = max_items
+        self._optimizer = optim.SGD(learning_rate) if optimizer is None else optimizer
+        self._weights = dict(DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights)
+        self.items = ItemTable(n_factors, init_std, seed, max_items)
+        self.users: dict[str, np.ndarray] = {}
+
+    # --- River Ranker API ------------------------------------------------------------------
+    def learn_one(self, user, item, y=None, x=None) -> None:  # type: ignore[no-untyped-def]
+        """Learn one interaction: ``x["action"]`` picks the weight, or ``y`` gives it directly.
+
+        ``x["key"]`` (e.g. the event id) seeds the negative sampler; it defaults to user+item.
+        """
+        x = x or {}
+        weight = float(y) if y is not None else self.weight_of(x.get("action", "click"))
+        if weight <= 0:
+            return
+        vector = self.users.get(user)
+        if vector is None:
+            vector = self.users[user] = self.new_user_vector(str(user))
+        self.update(vector, str(item), weight, str(x.get("key", f"{user}\x1f{item}")))
+
+    def predict_one(self, user, item, x=None) -> float:  # type: ignore[no-untyped-def]
+        """Score of ``item`` for ``user``; 0 when either is unknown."""
+        vector = self.users.get(user)
+        row = self.items.index.get(str(item))
+        if vector is None or row is None:
+            return 0.0
+        return float(self.items.factors[row] @ vector + self.items.bias[row])
+
+    # --- the functional core shared with the Flink operator --------------------------------
+    def weight_of(self, action: str) -> float:
+        """Positive weight of an action (0 for actions that are not learnt, e.g. impressions)."""
+        return self._weights.get(action, 0.0)
+
+    def new_user_vector(self, user: str) -> np.ndarray:
+        """Deterministic initial factors of a new user (River's Normal initialiser)."""
+        init = optim.initializers.Normal(sigma=self.init_std, seed=stable_seed(user, self.seed + 1))
+        return np.asarray(init(shape=self.n_factors), dtype=np.float32)
+
+    def update(self, user_vector: np.ndarray, item: str, weight: float, key: str) -> ItemDeltas:
+        """One SGD step for a positive; mutates ``user_vector`` and the item table.
+
+        Returns the item-side deltas (positive first, then negatives) so that replicas of the
+        item table elsewhere can apply exactly the same change.
+        """
+        pos = self.items.ensure(item)
+        rows = np.array([pos, *self._negatives(pos, key)], dtype=np.int64)
+        targets = np.zeros(len(rows), dtype=np.float32)
+        targets[0] = 1.0
+        weights = np.ones(len(rows), dtype=np.float32)
+        weights[0] = weight
+        q = self.items.factors[rows]
+        scores = np.clip(q @ user_vector + self.items.bias[rows], -_CLIP, _CLIP)
+        g = weights * (1.0 / (1.0 + np.exp(-scores)) - targets)
+        lr = np.float32(self._optimizer.learning_rate)
+        d_q = -lr * (np.outer(g, user_vector) + np.float32(self.l2) * q)
+        d_b = -lr * g
+        self._optimizer.step(w=user_vector, g=g @ q + np.float32(self.l2) * user_vector)
+        self.items.apply(rows, d_q, d_b)
+        return ItemDeltas([self.items.ids[r] for r in rows], d_q, d_b)
+
+    def _negatives(self, positive: int, key: str) -> list[int]:
+        n_items = len(self.items)
+        if self.n_negatives == 0 or n_items < 2:
+            return []
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        rng = np.random.default_rng([int.from_bytes(digest, "little"), self.seed])
+        wanted = min(self.n_negatives, n_items - 1)
+        picks: list[int] = []
+        while len(picks) < wanted:
+            for row in rng.integers(0, n_items, size=wanted * 2).tolist():
+                if row != positive and row not in picks:
+                    picks.append(row)
+                    if len(picks) == wanted:
+                        break
+        return picks

@@ -1,0 +1,80 @@
+"""Windowed item popularity ("trending"), the cold-start list and a baseline.
+
+State kept: weighted counts per item in ``BUCKETS`` time buckets covering the last
+``window_s`` of event time (the clock is the largest timestamp seen), plus a running total per
+item over the live buckets. Memory is bounded by the number of distinct items seen inside
+the window (one dict entry per item per bucket).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+__all__ = ["WindowedPopularity"]
+
+BUCKETS = 24
+
+
+class WindowedPopularity:
+    """Sum of action weights per item over a sliding event-time window.
+
+    >>> pop = WindowedPopularity(window_s=3600)
+    >>> pop.add("a", 1.0, 0); pop.add("b", 4.0, 0); pop.add("a", 1.0, 1000)
+    >>> pop.top(2)
+    [('b', 4.0), ('a', 2.0)]
+    >>> pop.add("c", 1.0, 2 * 3600 * 1000)   # two hours later: a and b expired
+    >>> pop.top(5)
+    [('c', 1.0)]
+    """
+
+    def __init__(self, window_s: int = 86400):
+        self.window_s = window_s
+        self.now = 0
+        self._width = max(1, window_s * 1000 // BUCKETS)
+        self._buckets: dict[int, dict[str, float]] = {}
+        self._totals: dict[str, float] = {}
+
+    def add(self, item: str, weight: float, ts: int) -> None:
+        """Count ``weight`` for ``item`` at event time ``ts`` (too-old events are ignored)."""
+        if ts > self.now:
+            self.now = ts
+            self._expire()
+        start = ts - ts % self._width
+        if start + self._width <= self.now - self.window_s * 1000:
+            return
+        bucket = self._buckets.setdefault(start, {})
+        bucket[item] = bucket.get(item, 0.0) + weight
+        self._totals[item] = self._totals.get(item, 0.0) + weight
+
+    def top(self, n: int) -> list[tuple[str, float]]:
+        """The ``n`` items with the largest windowed weight, best first (ties by item id)."""
+        best = heapq.nsmallest(n, self._totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(item, round(score, 6)) for item, score in best]
+
+    def __len__(self) -> int:
+        return len(self._totals)
+
+    def _expire(self) -> None:
+        lower = self.now - self.window_s * 1000
+        for start in [s for s in self._buckets if s + self._width <= lower]:
+            for item, weight in self._buckets.pop(start).items():
+                left = self._totals[item] - weight
+                if left <= 1e-9:
+                    del self._totals[item]
+                else:
+                    self._totals[item] = left
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return {"now": self.now, "buckets": {str(s): b for s, b in self._buckets.items()}}
+
+    def load(self, state: dict[str, Any]) -> WindowedPopularity:
+        """Restore from :meth:`to_dict` output."""
+        self.now = state["now"]
+        self._buckets = {int(s): dict(b) for s, b in state["buckets"].items()}
+        self._totals = {}
+        for bucket in self._buckets.values():
+            for item, weight in bucket.items():
+                self._totals[item] = self._totals.get(item, 0.0) + weight
+        return self
