@@ -52,7 +52,7 @@ class ImplicitMF(Ranker):
     learning_rate
         Step size of River's :class:`~river.optim.SGD` (ignored when ``optimizer`` is given).
     optimizer
-        A River SGD optimiser (may carry a learning-rate schedule); ``None`` = ``SGD(learning_rate)``.
+        A River SGD optimiser (may carry a learning-rate schedule); default SGD(learning_rate).
     l2
         L2 penalty on the factors touched by a step.
     n_negatives

@@ -33,7 +33,9 @@ def stable_seed(key: str, seed: int) -> int:
     >>> stable_seed("sku-1", 42) == stable_seed("sku-1", 42)
     True
     """
-    digest = hashlib.blake2b(key.encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True))
+    digest = hashlib.blake2b(
+        key.encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True)
+    )
     return int.from_bytes(digest.digest()[:4], "little")
 
 
@@ -79,7 +81,9 @@ class ItemTable:
             raise CatalogueFull(f"item table is full ({self.max_items} items)")
         if row == self._factors.shape[0]:
             self._grow()
-        init = optim.initializers.Normal(mu=0.0, sigma=self.init_std, seed=stable_seed(item, self.seed))
+        init = optim.initializers.Normal(
+            mu=0.0, sigma=self.init_std, seed=stable_seed(item, self.seed)
+        )
         self._factors[row] = init(shape=self.n_factors)
         self._bias[row] = 0.0
         self.ids.append(item)

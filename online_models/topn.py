@@ -32,7 +32,8 @@ def top_n(
     >>> rows, scores = top_n(np.array([[1, 0]], dtype=np.float32), q, np.zeros(3, np.float32), 2)
     >>> rows.tolist(), scores.tolist()
     ([[0, 2]], [[1.0, 1.0]])
-    >>> top_n(np.array([[1, 0]], dtype=np.float32), q, np.zeros(3, np.float32), 2, [[0]])[0].tolist()
+    >>> u, b = np.array([[1, 0]], dtype=np.float32), np.zeros(3, np.float32)
+    >>> top_n(u, q, b, 2, exclude=[[0]])[0].tolist()
     [[2, 1]]
     """
     n_items = factors.shape[0]

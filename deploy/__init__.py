@@ -1,0 +1,1 @@
+"""Deployment helpers: the embedded local stack (Kafka-protocol broker, Redis, Prometheus)."""

@@ -1,0 +1,1 @@
+"""The PyFlink job: sources, parsing, the keyed user operator, sinks and the entry point."""

@@ -1,0 +1,156 @@
+"""Keeping one item table per Flink subtask in sync through a shared log of item deltas.
+
+Every subtask learns on its own users' events and changes item factors as it goes. Each
+change is an additive delta; subtasks publish their deltas in batches to one single-partition
+topic and every subtask reads that topic back, so all of them see every delta in the same
+order.
+
+State kept per subtask (:class:`ItemReplica`):
+
+- ``shared``: the item table built only from the topic (identical on every subtask at the
+  same topic offset; this is what Flink's broadcast state persists, one entry per item);
+- ``local``: the table the subtask scores and learns with: ``shared`` plus the subtask's own
+  deltas that have not come back from the topic yet ("read your writes");
+- ``pending``: those own deltas, in publication order, per item. They are popped as their
+  echo arrives, so memory is bounded by the deltas in flight (about one flush interval's).
+
+With one subtask, ``local`` is updated exactly as a standalone model would be, so the job
+learns bit-identical factors. With several, a subtask sees other subtasks' deltas after one
+round trip through the topic (bounded staleness).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from online_models.implicit_mf import ItemDeltas
+from online_models.item_table import ItemTable
+
+__all__ = ["DeltaBatch", "ItemReplica", "decode_batch", "encode_batch"]
+
+_HEADER = struct.Struct("<HIHI")  # origin subtask, deltas, factors, id bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaBatch:
+    """Deltas published by one subtask, with the positives' weights and times for trending."""
+
+    origin: int
+    items: list[str]
+    factors: np.ndarray  # m x k float32
+    bias: np.ndarray  # m float32
+    weights: np.ndarray  # m float32: the positive's weight, 0 for sampled negatives
+    ts: np.ndarray  # m int64: event time of the positive, 0 for negatives
+
+
+def encode_batch(batch: DeltaBatch) -> str:
+    """Compact text form (base64 of a binary record) for a Kafka string record."""
+    ids = "\x1f".join(batch.items).encode()
+    header = _HEADER.pack(batch.origin, len(batch.items), batch.factors.shape[1], len(ids))
+    body = b"".join(
+        (
+            header,
+            ids,
+            batch.factors.astype(np.float32).tobytes(),
+            batch.bias.astype(np.float32).tobytes(),
+            batch.weights.astype(np.float32).tobytes(),
+            batch.ts.astype(np.int64).tobytes(),
+        )
+    )
+    return base64.b64encode(body).decode()
+
+
+def decode_batch(text: str) -> DeltaBatch:
+    """Inverse of :func:`encode_batch`."""
+    body = base64.b64decode(text)
+    origin, m, k, n_ids = _HEADER.unpack_from(body)
+    pos = _HEADER.size
+    items = body[pos : pos + n_ids].decode().split("\x1f") if m else []
+    pos += n_ids
+    factors = np.frombuffer(body, np.float32, m * k, pos).reshape(m, k)
+    pos += m * k * 4
+    bias = np.frombuffer(body, np.float32, m, pos)
+    weights = np.frombuffer(body, np.float32, m, pos + m * 4)
+    ts = np.frombuffer(body, np.int64, m, pos + m * 8)
+    return DeltaBatch(origin, items, factors, bias, weights, ts)
+
+
+class ItemReplica:
+    """One subtask's view of the item table; see the module docstring."""
+
+    def __init__(self, local: ItemTable, origin: int):
+        self.local = local
+        self.origin = origin
+        self.shared = ItemTable(local.n_factors, local.init_std, local.seed, local.max_items)
+        self.pending: dict[str, deque[tuple[np.ndarray, np.float32]]] = {}
+        self._out: list[tuple[ItemDeltas, float, int]] = []
+        self._out_count = 0
+
+    def record_own(self, deltas: ItemDeltas, weight: float, ts: int) -> None:
+        """Remember deltas the local model has already applied, to publish them later."""
+        for item, d_f, d_b in zip(deltas.items, deltas.factors, deltas.bias, strict=True):
+            self.pending.setdefault(item, deque()).append((d_f, d_b))
+        self._out.append((deltas, weight, ts))
+        self._out_count += len(deltas.items)
+
+    @property
+    def unpublished(self) -> int:
+        """Deltas recorded but not yet taken by :meth:`take_batch`."""
+        return self._out_count
+
+    def take_batch(self) -> DeltaBatch | None:
+        """All unpublished own deltas as one batch (None when there are none)."""
+        if not self._out:
+            return None
+        items: list[str] = []
+        weights: list[float] = []
+        ts: list[int] = []
+        for deltas, weight, event_ts in self._out:
+            items.extend(deltas.items)
+            weights.extend([weight] + [0.0] * (len(deltas.items) - 1))
+            ts.extend([event_ts] + [0] * (len(deltas.items) - 1))
+        batch = DeltaBatch(
+            self.origin,
+            items,
+            np.concatenate([d.factors for d, _, _ in self._out]),
+            np.concatenate([d.bias for d, _, _ in self._out]),
+            np.asarray(weights, np.float32),
+            np.asarray(ts, np.int64),
+        )
+        self._out, self._out_count = [], 0
+        return batch
+
+    def apply_published(self, batch: DeltaBatch) -> set[str]:
+        """Apply a batch read from the topic; returns the items whose shared row changed."""
+        own = batch.origin == self.origin
+        for i, item in enumerate(batch.items):
+            d_f, d_b = batch.factors[i : i + 1], batch.bias[i : i + 1]
+            row = np.array([self.shared.ensure(item)])
+            self.shared.apply(row, d_f, d_b)
+            queue = self.pending.get(item) if own else None
+            if queue:
+                queue.popleft()
+                if not queue:
+                    del self.pending[item]
+            else:
+                self.local.apply(np.array([self.local.ensure(item)]), d_f, d_b)
+        return set(batch.items)
+
+    def shared_entry(self, item: str) -> bytes:
+        """Bytes persisted for ``item``: its shared factors followed by its shared bias."""
+        row = self.shared.index[item]
+        return self.shared.factors[row].tobytes() + self.shared.bias[row : row + 1].tobytes()
+
+    def restore_entry(self, item: str, value: bytes) -> None:
+        """Reload one persisted item into both tables (after a restart nothing is pending)."""
+        k = self.shared.n_factors
+        vec = np.frombuffer(value, np.float32, k + 1)
+        for table in (self.shared, self.local):
+            row = table.ensure(item)
+            table.factors[row] = vec[:k]
+            table.bias[row] = vec[k]

@@ -1,0 +1,140 @@
+"""Coalesced, batched top-N refreshes of dirty users' lists.
+
+State kept (:class:`RefreshQueue`, per subtask, in memory): one entry per user whose list is
+due, holding a copy of what the refresh needs (factor vector, items to exclude, features, the
+ingest times of the events it covers). A user appears at most once, so the queue is bounded
+by the number of distinct users active within one coalescing interval. The queue is not
+persisted: Flink's processing-time timers are, and a timer that fires for a user missing from
+the queue (after a restore) re-reads the user's state and refreshes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from flink_jobs.user_state import UserState
+from flywheel.settings import Settings
+from online_models.item_table import ItemTable
+from online_models.popularity import WindowedPopularity
+from online_models.topn import top_n
+
+__all__ = ["DirtyUser", "RefreshQueue", "build_lists"]
+
+
+@dataclass(slots=True)
+class DirtyUser:
+    """Snapshot of one user taken after their latest event."""
+
+    vector: np.ndarray | None
+    exclude: list[str]
+    features: dict[str, object]
+    n_events: int
+    event_ts: int
+    ingest_ms: list[int] = field(default_factory=list)
+
+
+class RefreshQueue:
+    """Users waiting for a refresh; ``mark`` replaces a user's snapshot with a newer one."""
+
+    def __init__(self) -> None:
+        self.dirty: dict[str, DirtyUser] = {}
+        self.last_flushed: set[str] = set()
+
+    def mark(
+        self, user: str, state: UserState, settings: Settings, ingest_ms: int, ts: int
+    ) -> None:
+        """Queue ``user`` with a snapshot of ``state``."""
+        previous = self.dirty.get(user)
+        ingest = previous.ingest_ms if previous else []
+        ingest.append(ingest_ms)
+        features = state.features
+        self.dirty[user] = DirtyUser(
+            vector=None if state.vector is None else state.vector.copy(),
+            exclude=list(features.purchased) if settings.exclude_purchased else [],
+            features=_features_view(state),
+            n_events=state.n_events,
+            event_ts=ts,
+            ingest_ms=ingest,
+        )
+
+    def take(self) -> dict[str, DirtyUser]:
+        """Remove and return every queued user."""
+        batch, self.dirty = self.dirty, {}
+        self.last_flushed = set(batch)
+        return batch
+
+
+def _features_view(state: UserState) -> dict[str, object]:
+    f = state.features
+    view: dict[str, object] = {
+        "n_events": state.n_events,
+        "max_ts": f.max_ts,
+        "late": f.late,
+        "windows": {f"{w}s": c for w, c in f.window_counts().items()},
+        "totals": f.totals,
+        "categories": f.categories,
+        "recent": f.recent,
+        "purchased": f.purchased,
+    }
+    if state.vector is not None:
+        view["factors"] = state.vector.tolist()
+    return view
+
+
+def build_lists(
+    batch: dict[str, DirtyUser],
+    items: ItemTable,
+    trending: list[tuple[str, float]],
+    settings: Settings,
+) -> list[tuple[str, str, bytes]]:
+    """``(user, strategy, list JSON)`` for every user in ``batch``: one matrix product for all
+    warm users; cold users (fewer than ``cold_user_events`` events) get ``trending``."""
+    now = int(time.time() * 1000)
+    warm = [
+        u
+        for u, d in batch.items()
+        if d.vector is not None and d.n_events >= settings.cold_user_events
+    ]
+    out: list[tuple[str, str, bytes]] = []
+    if warm and len(items):
+        vectors = np.stack([batch[u].vector for u in warm])  # type: ignore[misc]
+        exclude = [[items.index[i] for i in batch[u].exclude if i in items.index] for u in warm]
+        rows, scores = top_n(vectors, items.factors, items.bias, settings.top_n, exclude)
+        for user, user_rows, user_scores in zip(warm, rows, scores, strict=True):
+            ranked = [
+                (items.ids[r], round(float(s), 5))
+                for r, s in zip(user_rows.tolist(), user_scores.tolist(), strict=True)
+                if s != -np.inf
+            ]
+            out.append((user, "online_mf", _encode(user, "online_mf", batch[user], ranked, now)))
+    for user, dirty in batch.items():
+        if user not in warm or not len(items):
+            seen = set(dirty.exclude)
+            ranked = [(i, s) for i, s in trending if i not in seen][: settings.top_n]
+            out.append((user, "trending", _encode(user, "trending", dirty, ranked, now)))
+    return out
+
+
+def _encode(
+    user: str, strategy: str, dirty: DirtyUser, ranked: list[tuple[str, float]], now: int
+) -> bytes:
+    return orjson.dumps(
+        {
+            "v": 1,
+            "user": user,
+            "scene": "home",
+            "strategy": strategy,
+            "event_ts": dirty.event_ts,
+            "written_ts": now,
+            "items": ranked,
+        }
+    )
+
+
+def trending_list(popularity: WindowedPopularity, n: int) -> list[tuple[str, float]]:
+    """The current trending list (windowed popularity), best first."""
+    return popularity.top(n)

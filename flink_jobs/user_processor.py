@@ -1,0 +1,200 @@
+"""The keyed operator: per-user features and one online-MF step per event, top-N refreshes.
+
+Input 1 (keyed by pseudonymous user): validated events as :data:`EVENT_TYPE` tuples.
+Input 2 (broadcast): item-delta batches read back from the item-sync topic.
+Output: item-delta batches (text) for the item-sync topic. Lists go to Redis directly from the
+refresh, since a list write is an idempotent overwrite.
+
+State: the per-user :class:`~flink_jobs.user_state.UserState` (keyed ``ValueState`` with TTL),
+the shared item table (broadcast ``MapState``: item id -> float32 factors + bias, see
+:mod:`flink_jobs.item_sync`), pending processing-time timers (one per dirty user, aligned to the
+coalescing interval). In memory only, rebuilt after a restore: the local item table, the
+refresh queue and the windowed trending counts (trending restarts empty after a restore and
+refills from new events).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis
+from pyflink.common import Types
+from pyflink.common.time import Time
+from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+
+from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
+from flink_jobs.refresh import RefreshQueue, build_lists
+from flink_jobs.user_state import decode_state, encode_state
+from flywheel.settings import Settings
+from monitoring.metrics import job_metrics, serve
+from online_models.implicit_mf import ImplicitMF
+from online_models.popularity import WindowedPopularity
+
+__all__ = ["EVENT_TYPE", "ITEMS_DESCRIPTOR", "UserProcessor"]
+
+# event_id, user, item, action, ts, scene, category, brand, price, ingest_ms
+EVENT_TYPE = Types.TUPLE(
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
+     Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG()]
+)  # fmt: skip
+# State values are our own compact bytes. PICKLED_BYTE_ARRAY carries them as they are: in
+# thread mode PRIMITIVE_ARRAY(BYTE) is converted element by element (and fails on empty state).
+_BYTES = Types.PICKLED_BYTE_ARRAY()
+ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), _BYTES)
+_MAX_UNPUBLISHED = 2048
+_TRENDING_EVERY_MS = 1000
+
+
+class UserProcessor(KeyedBroadcastProcessFunction):
+    """Learns from each accepted event and keeps the user's Redis list fresh."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        s = self.settings
+        descriptor = ValueStateDescriptor("user", _BYTES)
+        ttl = (
+            StateTtlConfig.new_builder(Time.seconds(s.state_ttl_s))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build()
+        )
+        descriptor.enable_time_to_live(ttl)
+        self.user_state = runtime_context.get_state(descriptor)
+        self.model = ImplicitMF(
+            n_factors=s.n_factors, learning_rate=s.learning_rate, l2=s.l2,
+            n_negatives=s.n_negatives, action_weights=s.action_weights,
+            init_std=s.init_std, seed=s.seed, max_items=s.max_items,
+        )  # fmt: skip
+        self.replica = ItemReplica(self.model.items, _subtask_index(runtime_context))
+        self.popularity = WindowedPopularity(s.trending_window_s)
+        self.queue = RefreshQueue()
+        self.redis = redis.Redis.from_url(s.redis_url)
+        self.metrics = job_metrics()
+        serve(s.metrics_port)
+        self._restored = False
+        self._last_publish = time.monotonic()
+        self._trending: list[tuple[str, float]] = []
+        self._trending_at = 0.0
+
+    def close(self) -> None:
+        client = getattr(self, "redis", None)
+        if client is not None:
+            client.close()
+
+    # --- input 1: events -------------------------------------------------------------------
+    def process_element(self, value: tuple[Any, ...], ctx: Any):  # type: ignore[no-untyped-def]
+        self._restore_items(ctx)
+        event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value
+        state = decode_state(self.user_state.value(), self.settings)
+        if event_id in state.recent_ids:
+            self.metrics.events.labels(action, "duplicate").inc()
+            return
+        state.recent_ids.append(event_id)
+        del state.recent_ids[: -self.settings.dedupe_window or None]
+        state.n_events += 1
+        if not state.features.add(item, action, ts, category):
+            self.metrics.late_events.inc()
+        weight = self.model.weight_of(action)
+        if weight > 0:
+            if state.vector is None:
+                state.vector = self.model.new_user_vector(user)
+            deltas = self.model.update(state.vector, item, weight, event_id)
+            self.replica.record_own(deltas, weight, ts)
+            self.metrics.model_updates.inc()
+        self.user_state.update(encode_state(state))
+        self.metrics.events.labels(action, "accepted").inc()
+        self.queue.mark(user, state, self.settings, ingest, ts)
+        now_ms = int(time.time() * 1000)
+        interval = self.settings.coalesce_ms
+        ctx.timer_service().register_processing_time_timer(now_ms - now_ms % interval + interval)
+        yield from self._publish(force=False)
+
+    # --- input 2: item deltas from every subtask -------------------------------------------
+    def process_broadcast_element(self, value: str, ctx: Any):  # type: ignore[no-untyped-def]
+        self._restore_items(ctx)
+        batch = decode_batch(value)
+        changed = self.replica.apply_published(batch)
+        for item, weight, ts in zip(batch.items, batch.weights, batch.ts, strict=True):
+            if weight > 0:
+                self.popularity.add(item, float(weight), int(ts))
+        items_state = ctx.get_broadcast_state(ITEMS_DESCRIPTOR)
+        for item in changed:
+            items_state.put(item, self.replica.shared_entry(item))
+        self.metrics.item_sync_batches.labels("received").inc()
+        self.metrics.items.set(len(self.model.items))
+        yield from ()
+
+    # --- timers: coalesced refreshes ---------------------------------------------------------
+    def on_timer(self, timestamp: int, ctx: Any):  # type: ignore[no-untyped-def]
+        user = ctx.get_current_key()
+        if user not in self.queue.dirty and user not in self.queue.last_flushed:
+            state = decode_state(self.user_state.value(), self.settings)  # after a restore
+            if state.n_events:
+                self.queue.mark(user, state, self.settings, int(time.time() * 1000), 0)
+        if self.queue.dirty:
+            self._refresh()
+        yield from self._publish(force=True)
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _publish(self, force: bool):  # type: ignore[no-untyped-def]
+        due = time.monotonic() - self._last_publish >= self.settings.item_sync_flush_ms / 1000
+        if self.replica.unpublished and (
+            force or due or self.replica.unpublished >= _MAX_UNPUBLISHED
+        ):
+            batch = self.replica.take_batch()
+            self._last_publish = time.monotonic()
+            if batch is not None:
+                self.metrics.item_sync_batches.labels("sent").inc()
+                yield encode_batch(batch)
+
+    def _refresh(self) -> None:
+        started = time.perf_counter()
+        batch = self.queue.take()
+        lists = build_lists(batch, self.model.items, self._current_trending(), self.settings)
+        prefix, ttl = self.settings.redis_prefix, self.settings.list_ttl_s or None
+        pipe = self.redis.pipeline(transaction=False)
+        for user, strategy, value in lists:
+            pipe.set(f"{prefix}:rec:home:{user}", value, ex=ttl)
+            pipe.set(f"{prefix}:features:{user}", _features_json(batch[user].features), ex=ttl)
+            self.metrics.lists_written.labels(strategy).inc()
+        pipe.execute()
+        written = time.time()
+        for dirty in batch.values():
+            for ingest in dirty.ingest_ms:
+                self.metrics.freshness.observe(max(0.0, written - ingest / 1000))
+        self.metrics.topn_batch_users.observe(len(batch))
+        self.metrics.topn_batch_seconds.observe(time.perf_counter() - started)
+
+    def _current_trending(self) -> list[tuple[str, float]]:
+        now = time.monotonic()
+        if now - self._trending_at >= _TRENDING_EVERY_MS / 1000:
+            self._trending = self.popularity.top(self.settings.top_n * 2)
+            self._trending_at = now
+            key = f"{self.settings.redis_prefix}:trending"
+            self.redis.set(key, _features_json(self._trending[: self.settings.top_n]))
+        return self._trending
+
+    def _restore_items(self, ctx: Any) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        for item, value in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
+            self.replica.restore_entry(item, bytes(value))
+        self.metrics.items.set(len(self.model.items))
+
+
+def _features_json(value: object) -> bytes:
+    return orjson.dumps(value)
+
+
+def _subtask_index(runtime_context: RuntimeContext) -> int:
+    """Index of this subtask (Flink 2.0's embedded context lacks the old getter)."""
+    java_context = getattr(runtime_context, "_runtime_context", None)
+    if java_context is not None:
+        return int(java_context.getTaskInfo().getIndexOfThisSubtask())
+    return runtime_context.get_index_of_this_subtask()

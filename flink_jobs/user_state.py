@@ -1,0 +1,67 @@
+"""What the job keeps per user in Flink keyed state, and its byte encoding.
+
+One ``ValueState[bytes]`` per user holds: the windowed features
+(:class:`~online_models.features.UserFeatures`), the user's factor vector, the ids of the
+user's last ``dedupe_window`` events (to drop duplicates) and the number of accepted events.
+The value is ``<u32 header length><JSON header><float32 factors>``: one state read and one
+write per event. Its size is bounded by the feature bounds plus ``4 * n_factors`` bytes, and it
+expires after ``state_ttl_s`` without writes (Flink state TTL).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from flywheel.settings import Settings
+from online_models.features import UserFeatures
+
+__all__ = ["UserState", "decode_state", "encode_state", "new_features"]
+
+_LEN = struct.Struct("<I")
+
+
+@dataclass(slots=True)
+class UserState:
+    """One user's state (``vector`` is None until the first learnable event)."""
+
+    features: UserFeatures
+    vector: np.ndarray | None = None
+    recent_ids: list[str] = field(default_factory=list)
+    n_events: int = 0
+
+
+def new_features(settings: Settings) -> UserFeatures:
+    """Empty features with the bounds from ``settings``."""
+    return UserFeatures(
+        windows_s=settings.windows_s,
+        out_of_orderness_ms=settings.out_of_orderness_ms,
+        recent_max=settings.recent_items_max,
+        purchased_max=settings.purchased_max,
+        categories_max=settings.categories_max,
+    )
+
+
+def encode_state(state: UserState) -> bytes:
+    """Bytes stored in Flink state."""
+    header = orjson.dumps(
+        {"f": state.features.to_dict(), "ids": state.recent_ids, "n": state.n_events}
+    )
+    vector = b"" if state.vector is None else state.vector.astype(np.float32).tobytes()
+    return _LEN.pack(len(header)) + header + vector
+
+
+def decode_state(raw: bytes | None, settings: Settings) -> UserState:
+    """Inverse of :func:`encode_state`; ``None`` (no state yet) gives a fresh user."""
+    features = new_features(settings)
+    if not raw:
+        return UserState(features)
+    raw = bytes(raw)
+    (length,) = _LEN.unpack_from(raw)
+    header = orjson.loads(raw[4 : 4 + length])
+    body = raw[4 + length :]
+    vector = np.frombuffer(body, np.float32).copy() if body else None
+    return UserState(features.load(header["f"]), vector, header["ids"], header["n"])

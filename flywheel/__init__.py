@@ -1,0 +1,1 @@
+"""Flywheel: settings, event schema, privacy and the command line."""

@@ -1,0 +1,1 @@
+"""Metric definitions, Prometheus configuration and dashboards of Flywheel."""
