@@ -47,7 +47,7 @@ def prepare_environment() -> None:
         os.environ["HADOOP_CLASSPATH"] = str(jars[0])
 
 
-def configure(settings: Settings):  # type: ignore[no-untyped-def]
+def configure(settings: Settings):
     """The Flink :class:`~pyflink.common.Configuration` for ``settings``."""
     from pyflink.common import Configuration
 
@@ -76,7 +76,7 @@ def configure(settings: Settings):  # type: ignore[no-untyped-def]
     return conf
 
 
-def build(env, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def build(env, settings: Settings) -> None:
     """Add Flywheel's operators, sources and sinks to ``env``."""
     from pyflink.common import Types, WatermarkStrategy
 
@@ -107,7 +107,7 @@ def build(env, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     out.sink_to(_sink(settings, settings.item_sync_topic)).uid("item-sync-sink")
 
 
-def _source(settings: Settings, topic: str, group: str | None, start: str):  # type: ignore[no-untyped-def]
+def _source(settings: Settings, topic: str, group: str | None, start: str):
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
@@ -128,7 +128,7 @@ def _source(settings: Settings, topic: str, group: str | None, start: str):  # t
     return builder.build()
 
 
-def _sink(settings: Settings, topic: str):  # type: ignore[no-untyped-def]
+def _sink(settings: Settings, topic: str):
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.base import DeliveryGuarantee
     from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink

@@ -32,7 +32,7 @@ class ParseEvents(ProcessFunction):
         self.metrics = job_metrics()
         serve(self.settings.metrics_port)
 
-    def process_element(self, value: str, ctx: Any):  # type: ignore[no-untyped-def]
+    def process_element(self, value: str, ctx: Any):
         s = self.settings
         now_ms = int(time.time() * 1000)
         parsed = parse_event(

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 
+from connectors.redis_lists import RecList, encode_rec_list
 from flink_jobs.user_state import UserState
 from flywheel.settings import Settings
 from online_models.item_table import ItemTable
@@ -122,17 +122,7 @@ def build_lists(
 def _encode(
     user: str, strategy: str, dirty: DirtyUser, ranked: list[tuple[str, float]], now: int
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "v": 1,
-            "user": user,
-            "scene": "home",
-            "strategy": strategy,
-            "event_ts": dirty.event_ts,
-            "written_ts": now,
-            "items": ranked,
-        }
-    )
+    return encode_rec_list(RecList(user, "home", strategy, dirty.event_ts, now, ranked))
 
 
 def trending_list(popularity: WindowedPopularity, n: int) -> list[tuple[str, float]]:

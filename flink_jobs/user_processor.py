@@ -25,6 +25,7 @@ from pyflink.common.time import Time
 from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
+from connectors.redis_lists import TRENDING_SUFFIX, ListWriter, features_suffix, rec_suffix
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists
 from flink_jobs.user_state import decode_state, encode_state
@@ -74,6 +75,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.popularity = WindowedPopularity(s.trending_window_s)
         self.queue = RefreshQueue()
         self.redis = redis.Redis.from_url(s.redis_url)
+        self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
         serve(s.metrics_port)
         self._restored = False
@@ -87,7 +89,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             client.close()
 
     # --- input 1: events -------------------------------------------------------------------
-    def process_element(self, value: tuple[Any, ...], ctx: Any):  # type: ignore[no-untyped-def]
+    def process_element(self, value: tuple[Any, ...], ctx: Any):
         self._restore_items(ctx)
         event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value
         state = decode_state(self.user_state.value(), self.settings)
@@ -115,7 +117,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         yield from self._publish(force=False)
 
     # --- input 2: item deltas from every subtask -------------------------------------------
-    def process_broadcast_element(self, value: str, ctx: Any):  # type: ignore[no-untyped-def]
+    def process_broadcast_element(self, value: str, ctx: Any):
         self._restore_items(ctx)
         batch = decode_batch(value)
         changed = self.replica.apply_published(batch)
@@ -130,7 +132,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         yield from ()
 
     # --- timers: coalesced refreshes ---------------------------------------------------------
-    def on_timer(self, timestamp: int, ctx: Any):  # type: ignore[no-untyped-def]
+    def on_timer(self, timestamp: int, ctx: Any):
         user = ctx.get_current_key()
         if user not in self.queue.dirty and user not in self.queue.last_flushed:
             state = decode_state(self.user_state.value(), self.settings)  # after a restore
@@ -141,7 +143,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         yield from self._publish(force=True)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _publish(self, force: bool):  # type: ignore[no-untyped-def]
+    def _publish(self, force: bool):
         due = time.monotonic() - self._last_publish >= self.settings.item_sync_flush_ms / 1000
         if self.replica.unpublished and (
             force or due or self.replica.unpublished >= _MAX_UNPUBLISHED
@@ -156,13 +158,12 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         started = time.perf_counter()
         batch = self.queue.take()
         lists = build_lists(batch, self.model.items, self._current_trending(), self.settings)
-        prefix, ttl = self.settings.redis_prefix, self.settings.list_ttl_s or None
-        pipe = self.redis.pipeline(transaction=False)
+        entries = []
         for user, strategy, value in lists:
-            pipe.set(f"{prefix}:rec:home:{user}", value, ex=ttl)
-            pipe.set(f"{prefix}:features:{user}", _features_json(batch[user].features), ex=ttl)
+            entries.append((rec_suffix("home", user), value))
+            entries.append((features_suffix(user), orjson.dumps(batch[user].features)))
             self.metrics.lists_written.labels(strategy).inc()
-        pipe.execute()
+        self.writer.write_batch(entries)
         written = time.time()
         for dirty in batch.values():
             for ingest in dirty.ingest_ms:
@@ -175,8 +176,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if now - self._trending_at >= _TRENDING_EVERY_MS / 1000:
             self._trending = self.popularity.top(self.settings.top_n * 2)
             self._trending_at = now
-            key = f"{self.settings.redis_prefix}:trending"
-            self.redis.set(key, _features_json(self._trending[: self.settings.top_n]))
+            trending = orjson.dumps(self._trending[: self.settings.top_n])
+            self.writer.write_batch([(TRENDING_SUFFIX, trending)])
         return self._trending
 
     def _restore_items(self, ctx: Any) -> None:
@@ -186,10 +187,6 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         for item, value in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
             self.replica.restore_entry(item, bytes(value))
         self.metrics.items.set(len(self.model.items))
-
-
-def _features_json(value: object) -> bytes:
-    return orjson.dumps(value)
 
 
 def _subtask_index(runtime_context: RuntimeContext) -> int:

@@ -89,6 +89,7 @@ class ImplicitMF(Ranker):
         max_items: int = 2_000_000,
     ):
         super().__init__(seed=seed)
+        self._seed = seed
         self.n_factors = n_factors
         self.learning_rate = learning_rate
         self.optimizer = optimizer
@@ -103,7 +104,7 @@ class ImplicitMF(Ranker):
         self.users: dict[str, np.ndarray] = {}
 
     # --- River Ranker API ------------------------------------------------------------------
-    def learn_one(self, user, item, y=None, x=None) -> None:  # type: ignore[no-untyped-def]
+    def learn_one(self, user, item, y=None, x=None) -> None:
         """Learn one interaction: ``x["action"]`` picks the weight, or ``y`` gives it directly.
 
         ``x["key"]`` (e.g. the event id) seeds the negative sampler; it defaults to user+item.
@@ -117,7 +118,7 @@ class ImplicitMF(Ranker):
             vector = self.users[user] = self.new_user_vector(str(user))
         self.update(vector, str(item), weight, str(x.get("key", f"{user}\x1f{item}")))
 
-    def predict_one(self, user, item, x=None) -> float:  # type: ignore[no-untyped-def]
+    def predict_one(self, user, item, x=None):
         """Score of ``item`` for ``user``; 0 when either is unknown."""
         vector = self.users.get(user)
         row = self.items.index.get(str(item))
@@ -132,7 +133,9 @@ class ImplicitMF(Ranker):
 
     def new_user_vector(self, user: str) -> np.ndarray:
         """Deterministic initial factors of a new user (River's Normal initialiser)."""
-        init = optim.initializers.Normal(sigma=self.init_std, seed=stable_seed(user, self.seed + 1))
+        init = optim.initializers.Normal(
+            sigma=self.init_std, seed=stable_seed(user, self._seed + 1)
+        )
         return np.asarray(init(shape=self.n_factors), dtype=np.float32)
 
     def update(self, user_vector: np.ndarray, item: str, weight: float, key: str) -> ItemDeltas:
@@ -162,7 +165,7 @@ class ImplicitMF(Ranker):
         if self.n_negatives == 0 or n_items < 2:
             return []
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        rng = np.random.default_rng([int.from_bytes(digest, "little"), self.seed])
+        rng = np.random.default_rng([int.from_bytes(digest, "little"), self._seed])
         wanted = min(self.n_negatives, n_items - 1)
         picks: list[int] = []
         while len(picks) < wanted:
