@@ -8,6 +8,7 @@ PyFlink gateway JVM down with it (as a crash would).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,15 +83,11 @@ class JobProcess:
     def _signal(self, sig: int) -> None:
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
         if sig == signal.SIGKILL:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

@@ -1,0 +1,56 @@
+"""User state survives its byte encoding; settings fail fast with the variable's name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flink_jobs.user_state import UserState, decode_state, encode_state, new_features
+from flywheel.settings import SettingsError, load_settings
+
+
+def test_state_round_trips_exactly() -> None:
+    settings = load_settings()
+    features = new_features(settings)
+    features.add("i1", "purchase", 1_700_000_000_000, "tea")
+    vector = np.random.default_rng(0).normal(size=settings.n_factors).astype(np.float32)
+    state = UserState(features, vector, ["e1", "e2"], 2)
+    back = decode_state(encode_state(state), settings)
+    np.testing.assert_array_equal(back.vector, vector)
+    assert back.recent_ids == ["e1", "e2"] and back.n_events == 2
+    assert back.features.to_dict() == features.to_dict()
+
+
+def test_empty_state_is_a_new_user() -> None:
+    state = decode_state(None, load_settings())
+    assert state.vector is None and state.n_events == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "variable"),
+    [
+        ("n_factors", 0, "FLYWHEEL_N_FACTORS"),
+        ("kafka_bootstrap", "nohost", "FLYWHEEL_KAFKA_BOOTSTRAP"),
+        ("redis_url", "http://x", "FLYWHEEL_REDIS_URL"),
+        ("windows_s", (86400, 3600), "FLYWHEEL_WINDOWS_S"),
+        ("execution_mode", "turbo", "FLYWHEEL_EXECUTION_MODE"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: object, variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(**{name: value})
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TOP_N", "7")
+    monkeypatch.setenv("FLYWHEEL_WINDOWS_S", "[600, 3600]")
+    settings = load_settings()
+    assert settings.top_n == 7 and settings.windows_s == (600, 3600)
+    monkeypatch.setenv("FLYWHEEL_LEARNING_RATE", "-1")
+    with pytest.raises(SettingsError, match="FLYWHEEL_LEARNING_RATE"):
+        load_settings()
+
+
+def test_topic_names_must_differ() -> None:
+    with pytest.raises(SettingsError, match="must differ"):
+        load_settings(dlq_topic="events")
