@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from flywheel.settings import Settings
+from flywheel.settings import DEV_HMAC_KEY, Settings, load_settings
 
 __all__ = ["build", "configure", "main", "prepare_environment"]
 
@@ -149,13 +149,26 @@ def _sink(settings: Settings, topic: str):
     )
 
 
-def run(settings: Settings) -> None:
-    """Build and execute the job on a local mini-cluster (blocks until it ends)."""
-    prepare_environment()
+def run(settings: Settings, local: bool = True) -> None:
+    """Build and execute the job (blocks until it ends).
+
+    ``local=True`` runs a mini-cluster in this process's PyFlink gateway, with this Python
+    as the workers' interpreter. ``local=False`` is for ``flink run --python``: the cluster's
+    own configuration (interpreter, reporters, checkpoint storage) applies.
+    """
     from pyflink.datastream import StreamExecutionEnvironment
 
-    env = StreamExecutionEnvironment.get_execution_environment(configure(settings))
-    env.set_python_executable(sys.executable)
+    if settings.hmac_key == DEV_HMAC_KEY:
+        print("warning: FLYWHEEL_HMAC_KEY is the development default", file=sys.stderr)
+    if local:
+        prepare_environment()
+        env = StreamExecutionEnvironment.get_execution_environment(configure(settings))
+        env.set_python_executable(sys.executable)
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment()
+        env.set_parallelism(settings.parallelism)
+        if settings.checkpoint_interval_ms:
+            env.enable_checkpointing(settings.checkpoint_interval_ms)
     build(env, settings)
     env.execute("flywheel")
 
@@ -166,3 +179,7 @@ def main(settings: Settings, args: argparse.Namespace | None = None) -> None:
     if restore:
         settings = settings.with_overrides(restore_from=restore)
     run(settings)
+
+
+if __name__ == "__main__":  # ``flink run --python flink_jobs/job.py`` on a cluster
+    run(load_settings(), local=False)

@@ -30,7 +30,7 @@ class ParseEvents(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.metrics = job_metrics()
-        serve(self.settings.metrics_port)
+        serve(self.settings.metrics_port, self.settings.metrics_bind)
 
     def process_element(self, value: str, ctx: Any):
         s = self.settings

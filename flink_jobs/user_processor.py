@@ -77,7 +77,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
-        serve(s.metrics_port)
+        serve(s.metrics_port, s.metrics_bind)
         self._restored = False
         self._last_publish = time.monotonic()
         self._trending: list[tuple[str, float]] = []

@@ -135,6 +135,13 @@ def _add_run(commands: Any) -> None:
         help="events to generate while running (default: synthetic)",
     )
     run.add_argument("--rate", type=float, default=200.0, help="traffic events/s (default 200)")
+    run.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop SECONDS after the job is up; exit 0 only if it processed events and wrote "
+        "lists (for scripted smoke runs; default: run until Ctrl-C)",
+    )
     run.set_defaults(handler=_run)
 
 

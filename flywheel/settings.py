@@ -65,10 +65,10 @@ class Settings(BaseSettings):
     n_negatives: int = Field(4, ge=0, le=100, description="sampled negatives per positive")
     init_std: float = Field(0.1, gt=0, description="std of the initial factors")
     seed: int = Field(42, description="seed of initialisation and negative sampling")
-    weight_view: float = Field(0.5, ge=0)
-    weight_click: float = Field(1.0, ge=0)
-    weight_add_to_cart: float = Field(2.0, ge=0)
-    weight_purchase: float = Field(4.0, ge=0)
+    weight_view: float = Field(0.5, ge=0, description="positive weight of a view")
+    weight_click: float = Field(1.0, ge=0, description="positive weight of a click")
+    weight_add_to_cart: float = Field(2.0, ge=0, description="positive weight of a cart add")
+    weight_purchase: float = Field(4.0, ge=0, description="positive weight of a purchase")
     max_items: int = Field(2_000_000, ge=1, description="item-table capacity")
 
     # --- features ------------------------------------------------------------------------
@@ -88,16 +88,19 @@ class Settings(BaseSettings):
     item_sync_flush_ms: int = Field(50, ge=1, description="max delay of item-delta batches")
 
     # --- Flink ---------------------------------------------------------------------------
-    parallelism: int = Field(1, ge=1, le=256)
-    execution_mode: Literal["thread", "process"] = "thread"
+    parallelism: int = Field(1, ge=1, le=256, description="Flink parallelism of the job")
+    execution_mode: Literal["thread", "process"] = Field(
+        "thread", description="PyFlink Python execution mode"
+    )
     checkpoint_interval_ms: int = Field(10_000, ge=0, description="0 disables checkpoints")
     checkpoint_dir: Path = Field(Path("var/checkpoints"), description="checkpoint storage")
     restore_from: str = Field("", description="checkpoint/savepoint path to restore, or ''")
     flink_metrics_port: int = Field(9249, ge=0, le=65535, description="Flink Prometheus port")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Flywheel metrics port")
+    metrics_bind: str = Field("127.0.0.1", description="address the metrics endpoints bind")
 
     # --- embedded stack ------------------------------------------------------------------
-    prometheus_port: int = Field(9090, ge=1, le=65535)
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="local Prometheus port")
     var_dir: Path = Field(Path("var"), description="logs and data of the local stack")
 
     @field_validator("windows_s")

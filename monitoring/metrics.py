@@ -107,11 +107,11 @@ def job_metrics() -> JobMetrics:
         return _metrics
 
 
-def serve(port: int) -> None:
-    """Expose the process-wide registry on ``port`` (once per process; 0 = do not serve)."""
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose the process-wide registry on ``addr:port`` (once per process; 0 = do not serve)."""
     global _served_port
     with _lock:
         if port == 0 or _served_port is not None:
             return
-        start_http_server(port, addr="127.0.0.1", registry=_registry)
+        start_http_server(port, addr=addr, registry=_registry)
         _served_port = port
