@@ -11,8 +11,9 @@ State kept per subtask (:class:`ItemReplica`):
   same topic offset; this is what Flink's broadcast state persists, one entry per item);
 - ``local``: the table the subtask scores and learns with: ``shared`` plus the subtask's own
   deltas that have not come back from the topic yet ("read your writes");
-- ``pending``: those own deltas, in publication order, per item. They are popped as their
-  echo arrives, so memory is bounded by the deltas in flight (about one flush interval's).
+- ``pending``: how many of those own deltas are in flight, per item. They are counted down
+  as their echo arrives, so memory is bounded by the items touched within about one flush
+  interval.
 
 With one subtask, ``local`` is updated exactly as a standalone model would be, so the job
 learns bit-identical factors. With several, a subtask sees other subtasks' deltas after one
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,14 +87,14 @@ class ItemReplica:
         self.local = local
         self.origin = origin
         self.shared = ItemTable(local.n_factors, local.init_std, local.seed, local.max_items)
-        self.pending: dict[str, deque[tuple[np.ndarray, np.float32]]] = {}
+        self.pending: dict[str, int] = {}
         self._out: list[tuple[ItemDeltas, float, int]] = []
         self._out_count = 0
 
     def record_own(self, deltas: ItemDeltas, weight: float, ts: int) -> None:
         """Remember deltas the local model has already applied, to publish them later."""
-        for item, d_f, d_b in zip(deltas.items, deltas.factors, deltas.bias, strict=True):
-            self.pending.setdefault(item, deque()).append((d_f, d_b))
+        for item in deltas.items:
+            self.pending[item] = self.pending.get(item, 0) + 1
         self._out.append((deltas, weight, ts))
         self._out_count += len(deltas.items)
 
@@ -127,19 +127,28 @@ class ItemReplica:
 
     def apply_published(self, batch: DeltaBatch) -> set[str]:
         """Apply a batch read from the topic; returns the items whose shared row changed."""
-        own = batch.origin == self.origin
-        for i, item in enumerate(batch.items):
-            d_f, d_b = batch.factors[i : i + 1], batch.bias[i : i + 1]
-            row = np.array([self.shared.ensure(item)])
-            self.shared.apply(row, d_f, d_b)
-            queue = self.pending.get(item) if own else None
-            if queue:
-                queue.popleft()
-                if not queue:
-                    del self.pending[item]
-            else:
-                self.local.apply(np.array([self.local.ensure(item)]), d_f, d_b)
-        return set(batch.items)
+        items = batch.items
+        rows = np.fromiter((self.shared.ensure(i) for i in items), np.int64, len(items))
+        self.shared.apply_all(rows, batch.factors, batch.bias)
+        if batch.origin == self.origin:
+            fresh = [i for i, item in enumerate(items) if not self._pop_pending(item)]
+        else:
+            fresh = list(range(len(items)))
+        if fresh:
+            local = np.fromiter((self.local.ensure(items[i]) for i in fresh), np.int64, len(fresh))
+            self.local.apply_all(local, batch.factors[fresh], batch.bias[fresh])
+        return set(items)
+
+    def _pop_pending(self, item: str) -> bool:
+        """Count one own delta of ``item`` as echoed; False if none was pending."""
+        left = self.pending.get(item, 0)
+        if not left:
+            return False
+        if left == 1:
+            del self.pending[item]
+        else:
+            self.pending[item] = left - 1
+        return True
 
     def shared_entry(self, item: str) -> bytes:
         """Bytes persisted for ``item``: its shared factors followed by its shared bias."""

@@ -27,14 +27,28 @@ __all__ = ["DirtyUser", "RefreshQueue", "build_lists"]
 
 @dataclass(slots=True)
 class DirtyUser:
-    """Snapshot of one user taken after their latest event."""
+    """A user's state after their latest event (the job decodes a new state object per
+    event, so holding this one is a snapshot), and the ingest times of the events it covers."""
 
-    vector: np.ndarray | None
-    exclude: list[str]
-    features: dict[str, object]
-    n_events: int
+    state: UserState
     event_ts: int
     ingest_ms: list[int] = field(default_factory=list)
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        return self.state.vector
+
+    @property
+    def n_events(self) -> int:
+        return self.state.n_events
+
+    def exclude(self, settings: Settings) -> list[str]:
+        """Items never to recommend to this user."""
+        return list(self.state.features.purchased) if settings.exclude_purchased else []
+
+    def features(self) -> dict[str, object]:
+        """The user's features as written to Redis."""
+        return _features_view(self.state)
 
 
 class RefreshQueue:
@@ -51,15 +65,7 @@ class RefreshQueue:
         previous = self.dirty.get(user)
         ingest = previous.ingest_ms if previous else []
         ingest.append(ingest_ms)
-        features = state.features
-        self.dirty[user] = DirtyUser(
-            vector=None if state.vector is None else state.vector.copy(),
-            exclude=list(features.purchased) if settings.exclude_purchased else [],
-            features=_features_view(state),
-            n_events=state.n_events,
-            event_ts=ts,
-            ingest_ms=ingest,
-        )
+        self.dirty[user] = DirtyUser(state, ts, ingest)
 
     def take(self) -> dict[str, DirtyUser]:
         """Remove and return every queued user."""
@@ -102,7 +108,9 @@ def build_lists(
     out: list[tuple[str, str, bytes]] = []
     if warm and len(items):
         vectors = np.stack([batch[u].vector for u in warm])  # type: ignore[misc]
-        exclude = [[items.index[i] for i in batch[u].exclude if i in items.index] for u in warm]
+        exclude = [
+            [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
+        ]
         rows, scores = top_n(vectors, items.factors, items.bias, settings.top_n, exclude)
         for user, user_rows, user_scores in zip(warm, rows, scores, strict=True):
             ranked = [
@@ -113,7 +121,7 @@ def build_lists(
             out.append((user, "online_mf", _encode(user, "online_mf", batch[user], ranked, now)))
     for user, dirty in batch.items():
         if user not in warm or not len(items):
-            seen = set(dirty.exclude)
+            seen = set(dirty.exclude(settings))
             ranked = [(i, s) for i, s in trending if i not in seen][: settings.top_n]
             out.append((user, "trending", _encode(user, "trending", dirty, ranked, now)))
     return out

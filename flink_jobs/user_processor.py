@@ -161,7 +161,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         entries = []
         for user, strategy, value in lists:
             entries.append((rec_suffix("home", user), value))
-            entries.append((features_suffix(user), orjson.dumps(batch[user].features)))
+            entries.append((features_suffix(user), orjson.dumps(batch[user].features())))
             self.metrics.lists_written.labels(strategy).inc()
         self.writer.write_batch(entries)
         written = time.time()

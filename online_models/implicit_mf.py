@@ -18,19 +18,21 @@ Flink job keeps user vectors in its own keyed state instead and calls :meth:`Imp
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 from river import optim
 from river.reco.base import Ranker
+from scipy.special import expit
 
+from online_models.initializers import KeyedNormal
 from online_models.item_table import ItemTable, stable_seed
 
 __all__ = ["DEFAULT_ACTION_WEIGHTS", "ImplicitMF", "ItemDeltas"]
 
 DEFAULT_ACTION_WEIGHTS = {"view": 0.5, "click": 1.0, "add_to_cart": 2.0, "purchase": 4.0}
 _CLIP = 30.0
+_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ class ImplicitMF(Ranker):
         self._optimizer = optim.SGD(learning_rate) if optimizer is None else optimizer
         self._weights = dict(DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights)
         self.items = ItemTable(n_factors, init_std, seed, max_items)
+        self._user_init = KeyedNormal(sigma=init_std, seed=seed + 1)
         self.users: dict[str, np.ndarray] = {}
 
     # --- River Ranker API ------------------------------------------------------------------
@@ -132,11 +135,8 @@ class ImplicitMF(Ranker):
         return self._weights.get(action, 0.0)
 
     def new_user_vector(self, user: str) -> np.ndarray:
-        """Deterministic initial factors of a new user (River's Normal initialiser)."""
-        init = optim.initializers.Normal(
-            sigma=self.init_std, seed=stable_seed(user, self._seed + 1)
-        )
-        return np.asarray(init(shape=self.n_factors), dtype=np.float32)
+        """Deterministic initial factors of a new user (a keyed River initialiser)."""
+        return self._user_init.draw(user, self.n_factors)
 
     def update(self, user_vector: np.ndarray, item: str, weight: float, key: str) -> ItemDeltas:
         """One SGD step for a positive; mutates ``user_vector`` and the item table.
@@ -145,33 +145,39 @@ class ImplicitMF(Ranker):
         item table elsewhere can apply exactly the same change.
         """
         pos = self.items.ensure(item)
-        rows = np.array([pos, *self._negatives(pos, key)], dtype=np.int64)
-        targets = np.zeros(len(rows), dtype=np.float32)
-        targets[0] = 1.0
-        weights = np.ones(len(rows), dtype=np.float32)
-        weights[0] = weight
+        rows = [pos, *self._negatives(pos, key)]
         q = self.items.factors[rows]
-        scores = np.clip(q @ user_vector + self.items.bias[rows], -_CLIP, _CLIP)
-        g = weights * (1.0 / (1.0 + np.exp(-scores)) - targets)
+        scores = q @ user_vector
+        scores += self.items.bias[rows]
+        np.clip(scores, -_CLIP, _CLIP, out=scores)
+        g = expit(scores)  # d loss / d score: weight * (sigmoid - target)
+        g[0] = np.float32(weight) * (g[0] - np.float32(1.0))
         lr = np.float32(self._optimizer.learning_rate)
-        d_q = -lr * (np.outer(g, user_vector) + np.float32(self.l2) * q)
-        d_b = -lr * g
-        self._optimizer.step(w=user_vector, g=g @ q + np.float32(self.l2) * user_vector)
-        self.items.apply(rows, d_q, d_b)
-        return ItemDeltas([self.items.ids[r] for r in rows], d_q, d_b)
+        l2 = np.float32(self.l2)
+        grad_u = g @ q
+        grad_u += l2 * user_vector
+        d_q = np.outer(g, user_vector)
+        d_q += l2 * q
+        d_q *= -lr
+        d_b = g * -lr
+        self._optimizer.step(w=user_vector, g=grad_u)
+        self.items.apply(rows, d_q, d_b)  # type: ignore[arg-type]
+        ids = self.items.ids
+        return ItemDeltas([ids[r] for r in rows], d_q, d_b)
 
     def _negatives(self, positive: int, key: str) -> list[int]:
+        """Distinct rows other than ``positive``, drawn by a SplitMix64 stream seeded by key."""
         n_items = len(self.items)
         if self.n_negatives == 0 or n_items < 2:
             return []
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        rng = np.random.default_rng([int.from_bytes(digest, "little"), self._seed])
+        state = stable_seed(key, self._seed) | (self._seed & 0xFFFFFFFF) << 32
         wanted = min(self.n_negatives, n_items - 1)
         picks: list[int] = []
         while len(picks) < wanted:
-            for row in rng.integers(0, n_items, size=wanted * 2).tolist():
-                if row != positive and row not in picks:
-                    picks.append(row)
-                    if len(picks) == wanted:
-                        break
+            state = (state + 0x9E3779B97F4A7C15) & _MASK64
+            z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            row = (z ^ (z >> 31)) % n_items
+            if row != positive and row not in picks:
+                picks.append(row)
         return picks

@@ -6,9 +6,9 @@ with the number of distinct items: ``n_factors * 4 + ~100`` bytes per item, boun
 ``max_items`` (a full table refuses new items with :class:`CatalogueFull`). The matrix grows by
 doubling, so adding an item is amortised O(n_factors).
 
-Initial factors are drawn with River's :class:`~river.optim.initializers.Normal` seeded by a
-stable hash of the item id, so every replica of the table (one per Flink subtask) initialises
-an item identically without coordination.
+Initial factors come from :class:`~online_models.initializers.KeyedNormal` (a River
+initialiser keyed by the item id), so every replica of the table (one per Flink subtask)
+initialises an item identically without coordination.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from river import optim
+
+from online_models.initializers import KeyedNormal
 
 __all__ = ["CatalogueFull", "ItemTable", "stable_seed"]
 
@@ -57,6 +58,7 @@ class ItemTable:
         self.index: dict[str, int] = {}
         self._factors = np.zeros((_INITIAL_CAPACITY, n_factors), dtype=np.float32)
         self._bias = np.zeros(_INITIAL_CAPACITY, dtype=np.float32)
+        self._init = KeyedNormal(sigma=init_std, seed=seed)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -81,19 +83,21 @@ class ItemTable:
             raise CatalogueFull(f"item table is full ({self.max_items} items)")
         if row == self._factors.shape[0]:
             self._grow()
-        init = optim.initializers.Normal(
-            mu=0.0, sigma=self.init_std, seed=stable_seed(item, self.seed)
-        )
-        self._factors[row] = init(shape=self.n_factors)
+        self._factors[row] = self._init.draw(item, self.n_factors)
         self._bias[row] = 0.0
         self.ids.append(item)
         self.index[item] = row
         return row
 
     def apply(self, rows: np.ndarray, d_factors: np.ndarray, d_bias: np.ndarray) -> None:
-        """Add deltas to distinct ``rows`` (the one write path shared by learner and sync)."""
+        """Add deltas to ``rows`` (distinct rows: one learning step's positive + negatives)."""
         self._factors[rows] += d_factors
         self._bias[rows] += d_bias
+
+    def apply_all(self, rows: np.ndarray, d_factors: np.ndarray, d_bias: np.ndarray) -> None:
+        """Add deltas to ``rows`` in order; a row may repeat (a batch of many steps)."""
+        np.add.at(self._factors, rows, d_factors)
+        np.add.at(self._bias, rows, d_bias)
 
     def _grow(self) -> None:
         capacity = min(self._factors.shape[0] * 2, self.max_items)
