@@ -161,3 +161,25 @@ def test_kill_and_restore_loses_and_doubles_nothing(
     for user, features in expected.items():
         assert {k: actual[user][k] for k in keys} == {k: features[k] for k in keys}, user
     client.close()
+
+
+def test_parallelism_two_spreads_users_with_no_code_change(
+    broker: str, redis_url: str, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    settings = job_settings(broker, redis_url, tag, tmp_path, parallelism=2)
+    create_topics(broker, [settings.events_topic], partitions=2)
+    events = list(synthetic_events(n_users=300, n_items=1000, n_events=6000, seed=3))
+    client = redis.Redis.from_url(redis_url)
+    job = _start(settings, tmp_path, "p2")
+    try:
+        _produce(settings, events)
+        _wait(lambda: _accepted(client, settings.redis_prefix) == len(events), job)
+        learned = _snapshot(client, settings.redis_prefix)
+        lists = list(client.scan_iter(f"{settings.redis_prefix}:rec:home:*", count=1000))
+    finally:
+        job.stop()
+    users = {e["user_id"] for e in events}
+    assert len(learned) == len(users) and len(lists) == len(users)
+    assert sum(sum(f["totals"].values()) for f in learned.values()) == len(events)
+    client.close()
