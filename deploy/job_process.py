@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from deploy.local_stack import die_with_parent_hook
 from flywheel.settings import ENV_PREFIX, Settings
 
 __all__ = ["JobProcess", "latest_checkpoint", "settings_env"]
@@ -58,6 +59,7 @@ class JobProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent_hook(),
             )
         return self
 

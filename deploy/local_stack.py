@@ -91,7 +91,7 @@ def _ensure_port_free(name: str, port: int, hint: str) -> None:
             raise ServiceError(msg) from None
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
+def die_with_parent_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to SIGTERM the child when the parent dies.
 
     Linux means the spawning *thread*: start services from a long-lived thread (e.g. main)."""
@@ -111,7 +111,7 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
 def _spawn(name: str, cmd: list[str], port: int, log_dir: Path) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    hook = _die_with_parent_hook()
+    hook = die_with_parent_hook()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             cmd, stdin=DEVNULL, stdout=log, stderr=log, start_new_session=True, preexec_fn=hook

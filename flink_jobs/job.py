@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -161,6 +162,9 @@ def run(settings: Settings, local: bool = True) -> None:
     if settings.hmac_key == DEV_HMAC_KEY:
         print("warning: FLYWHEEL_HMAC_KEY is the development default", file=sys.stderr)
     if local:
+        # SIGTERM (from `make run`, or a dying parent) exits through atexit, which also
+        # shuts down the PyFlink gateway JVM this process started.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         prepare_environment()
         env = StreamExecutionEnvironment.get_execution_environment(configure(settings))
         env.set_python_executable(sys.executable)
