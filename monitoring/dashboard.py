@@ -1,0 +1,320 @@
+"""The Grafana dashboard of Flywheel, as code.
+
+``python -m monitoring.dashboard`` writes ``monitoring/grafana/flywheel-dashboard.json``;
+``--check`` exits 1 when that committed file differs from what this module generates.
+Panels show only metrics the job exports today: Flywheel's own (``flywheel_job_*``, scrape job
+``flywheel``) and Flink's Prometheus reporter (``flink_*``, scrape job ``flink``). Every
+panel queries the data source chosen by the dashboard variable ``datasource`` (Grafana's
+provisioning in ``monitoring/grafana/provisioning`` makes it the Prometheus of the stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DASHBOARD_PATH", "DASHBOARD_UID", "build_dashboard", "main", "render"]
+
+DASHBOARD_UID = "flywheel"
+DASHBOARD_PATH = Path(__file__).resolve().parent / "grafana" / "flywheel-dashboard.json"
+
+Panel = dict[str, Any]
+
+_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+_RATE = "$__rate_interval"
+_WIDTH, _HEIGHT = 12, 8
+_DEAD_LETTERED = 'flywheel_job_events_total{outcome="dead_letter"}'
+
+
+def _target(expr: str, legend: str = "", ref: str = "A") -> dict[str, Any]:
+    return {"datasource": _DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref}
+
+
+def _targets(*queries: tuple[str, str]) -> list[dict[str, Any]]:
+    """One target per ``(expr, legend)``, with ref ids A, B, C, ..."""
+    return [_target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)]
+
+
+def _timeseries(title: str, description: str, unit: str, *queries: tuple[str, str]) -> Panel:
+    """A time-series panel of ``(PromQL, legend)`` queries (placed by ``_layout``)."""
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": _DATASOURCE,
+        "targets": _targets(*queries),
+        "fieldConfig": {
+            "defaults": {"unit": unit, "custom": {"fillOpacity": 10, "showPoints": "never"}},
+            "overrides": [],
+        },
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+    }
+
+
+def _stat(title: str, description: str, unit: str, expr: str, legend: str = "") -> Panel:
+    """A single-value panel showing the last value of one query."""
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": _DATASOURCE,
+        "targets": _targets((expr, legend)),
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        },
+    }
+
+
+def _row(title: str) -> Panel:
+    """A full-width row header."""
+    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+
+
+def _rate(metric: str, by: str = "") -> str:
+    grouping = f" by ({by}) " if by else ""
+    return f"sum{grouping}(rate({metric}[{_RATE}]))"
+
+
+def _quantile(q: float, histogram: str) -> str:
+    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{_RATE}])))"
+
+
+def _traffic() -> list[Panel]:
+    return [
+        _row("Traffic"),
+        _timeseries(
+            "Events/s by action and outcome",
+            "Events read from Kafka by action and outcome (accepted, duplicate, dead_letter).",
+            "ops",
+            (_rate("flywheel_job_events_total", "action, outcome"), "{{action}} {{outcome}}"),
+        ),
+        _timeseries(
+            "Dead letters/s by reason",
+            "Rejected payloads sent to the dead-letter topic, by reason.",
+            "ops",
+            (_rate("flywheel_job_dead_letters_total", "reason"), "{{reason}}"),
+        ),
+        _timeseries(
+            "Dead-letter ratio",
+            "Share of events dead-lettered (alert FlywheelDeadLetterRatioHigh above 5%).",
+            "percentunit",
+            (f"{_rate(_DEAD_LETTERED)} / {_rate('flywheel_job_events_total')}", "dead-lettered"),
+        ),
+        _timeseries(
+            "Late events/s",
+            "Accepted events older than the user's watermark (learnt, not windowed).",
+            "ops",
+            (_rate("flywheel_job_late_events_total"), "late"),
+        ),
+        _timeseries(
+            "Kafka source backlog (pendingRecords)",
+            "Records not yet read by each Kafka source (Flink's pendingRecords), per source.",
+            "short",
+            (
+                "sum by (operator_name) (flink_taskmanager_job_task_operator_pendingRecords)",
+                "{{operator_name}}",
+            ),
+        ),
+    ]
+
+
+def _freshness_and_model() -> list[Panel]:
+    batch = "flywheel_job_topn_batch_users"
+    return [
+        _row("Freshness and model"),
+        _timeseries(
+            "Event → Redis freshness",
+            "Time from the Kafka record to its user's list written to Redis (alert above 1 s).",
+            "s",
+            (_quantile(0.5, "flywheel_job_freshness_seconds"), "p50"),
+            (_quantile(0.99, "flywheel_job_freshness_seconds"), "p99"),
+        ),
+        _timeseries(
+            "Model updates/s",
+            "Online matrix-factorisation update steps.",
+            "ops",
+            (_rate("flywheel_job_model_updates_total"), "updates"),
+        ),
+        _timeseries(
+            "Top-N batch duration",
+            "Duration of one top-N refresh batch (scoring + Redis write).",
+            "s",
+            (_quantile(0.5, "flywheel_job_topn_batch_seconds"), "p50"),
+            (_quantile(0.99, "flywheel_job_topn_batch_seconds"), "p99"),
+        ),
+        _timeseries(
+            "Top-N batch size",
+            "Users per top-N refresh batch: mean and p99.",
+            "short",
+            (f"{_rate(f'{batch}_sum')} / {_rate(f'{batch}_count')}", "mean"),
+            (_quantile(0.99, batch), "p99"),
+        ),
+        _timeseries(
+            "Lists written/s by strategy",
+            "Lists written to Redis: online_mf (personal) or trending (cold users).",
+            "ops",
+            (_rate("flywheel_job_lists_written_total", "strategy"), "{{strategy}}"),
+        ),
+        _timeseries(
+            "Item-sync batches/s",
+            "Item-factor delta batches sent to and received from the item-sync topic.",
+            "ops",
+            (_rate("flywheel_job_item_sync_batches_total", "direction"), "{{direction}}"),
+        ),
+        _stat(
+            "Items in the table",
+            "Items in the model's item table (largest replica).",
+            "short",
+            "max(flywheel_job_items)",
+            "items",
+        ),
+    ]
+
+
+def _flink() -> list[Panel]:
+    return [
+        _row("Flink"),
+        _stat(
+            "Metrics targets up",
+            "Scrape targets of the job's metrics (flywheel) and Flink's reporter (flink).",
+            "short",
+            'sum by (job) (up{job=~"flywheel|flink"})',
+            "{{job}}",
+        ),
+        _stat(
+            "Job restarts",
+            "Restarts of the Flink job since it was submitted.",
+            "short",
+            "max by (job_name) (flink_jobmanager_job_numRestarts)",
+            "{{job_name}}",
+        ),
+        _timeseries(
+            "Checkpoint duration",
+            "Duration of the last completed checkpoint.",
+            "ms",
+            ("max by (job_name) (flink_jobmanager_job_lastCheckpointDuration)", "{{job_name}}"),
+        ),
+        _timeseries(
+            "Failed checkpoints",
+            "Checkpoints that failed in the interval (alert on 2 within 15 minutes).",
+            "short",
+            (
+                "sum by (job_name) "
+                f"(increase(flink_jobmanager_job_numberOfFailedCheckpoints[{_RATE}]))",
+                "{{job_name}}",
+            ),
+        ),
+        _timeseries(
+            "Busy and backpressured time per task",
+            "Share of each second a task is busy or waits on its downstream (ms/s).",
+            "ms",
+            (
+                "max by (task_name) (flink_taskmanager_job_task_busyTimeMsPerSecond)",
+                "busy {{task_name}}",
+            ),
+            (
+                "max by (task_name) (flink_taskmanager_job_task_backPressuredTimeMsPerSecond)",
+                "backpressured {{task_name}}",
+            ),
+        ),
+        _timeseries(
+            "JVM heap",
+            "Heap used and maximum of the JobManager and each TaskManager.",
+            "bytes",
+            ("sum by (tm_id) (flink_taskmanager_Status_JVM_Memory_Heap_Used)", "TM {{tm_id}} used"),
+            ("sum by (tm_id) (flink_taskmanager_Status_JVM_Memory_Heap_Max)", "TM {{tm_id}} max"),
+            ("max(flink_jobmanager_Status_JVM_Memory_Heap_Used)", "JM used"),
+        ),
+    ]
+
+
+def _layout(panels: list[Panel]) -> list[Panel]:
+    """Give every panel an id and a gridPos: rows span the width, others fill two columns."""
+    placed, x, y = [], 0, 0
+    for number, panel in enumerate(panels, start=1):
+        if panel["type"] == "row":
+            y += _HEIGHT if x else 0
+            x = 0
+            placed.append({"id": number, **panel, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+            y += 1
+            continue
+        placed.append(
+            {"id": number, **panel, "gridPos": {"h": _HEIGHT, "w": _WIDTH, "x": x, "y": y}}
+        )
+        x += _WIDTH
+        if x >= 24:
+            x, y = 0, y + _HEIGHT
+    return placed
+
+
+def _datasource_variable() -> dict[str, Any]:
+    return {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "refresh": 1,
+        "options": [],
+    }
+
+
+def build_dashboard() -> dict[str, Any]:
+    """The dashboard as a JSON-ready dict (deterministic: same code, same output)."""
+    return {
+        "uid": DASHBOARD_UID,
+        "title": "Flywheel",
+        "description": "Real-time recommendations: events, freshness, model, Kafka and Flink.",
+        "tags": ["flywheel", "flink", "kafka"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "schemaVersion": 39,
+        "version": 1,
+        "templating": {"list": [_datasource_variable()]},
+        "annotations": {"list": []},
+        "links": [],
+        "panels": _layout([*_traffic(), *_freshness_and_model(), *_flink()]),
+    }
+
+
+def render() -> str:
+    """The dashboard file's text."""
+    return json.dumps(build_dashboard(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the dashboard JSON, or with ``--check`` report whether the committed one is stale."""
+    parser = argparse.ArgumentParser(prog="python -m monitoring.dashboard", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    parser.add_argument("--output", type=Path, default=DASHBOARD_PATH, help="file to write")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.output.read_text() if args.output.is_file() else ""
+        if current != text:
+            print(f"{args.output} is stale: run python -m monitoring.dashboard", file=sys.stderr)
+            return 1
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
