@@ -15,7 +15,7 @@ from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
 from flywheel.events import Rejection, dead_letter, parse_event
 from flywheel.settings import Settings
-from monitoring.metrics import job_metrics, serve
+from monitoring.metrics import job_metrics, release, serve
 
 __all__ = ["DEAD_LETTERS", "ParseEvents"]
 
@@ -31,6 +31,9 @@ class ParseEvents(ProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.metrics = job_metrics()
         serve(self.settings.metrics_port, self.settings.metrics_bind)
+
+    def close(self) -> None:
+        release()
 
     def process_element(self, value: str, ctx: Any):
         s = self.settings

@@ -30,7 +30,7 @@ from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists
 from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings
-from monitoring.metrics import job_metrics, serve
+from monitoring.metrics import job_metrics, release, serve
 from online_models.implicit_mf import ImplicitMF
 from online_models.popularity import WindowedPopularity
 
@@ -84,6 +84,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self._trending_at = 0.0
 
     def close(self) -> None:
+        release()
         client = getattr(self, "redis", None)
         if client is not None:
             client.close()

@@ -8,7 +8,9 @@ and dead-letter reasons come from fixed tuples and are pre-initialised, never id
 
 from __future__ import annotations
 
+import logging
 import threading
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,7 +24,7 @@ from prometheus_client import (
 from flywheel.events import REJECT_REASONS
 from flywheel.settings import ACTIONS
 
-__all__ = ["OUTCOMES", "JobMetrics", "job_metrics", "serve"]
+__all__ = ["OUTCOMES", "JobMetrics", "job_metrics", "release", "serve"]
 
 OUTCOMES = ("accepted", "duplicate", "dead_letter")
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
@@ -95,7 +97,9 @@ disable_created_metrics()
 _lock = threading.Lock()
 _registry = CollectorRegistry()
 _metrics: JobMetrics | None = None
-_served_port: int | None = None
+_server: Any = None
+_users = 0
+_log = logging.getLogger(__name__)
 
 
 def job_metrics() -> JobMetrics:
@@ -108,10 +112,30 @@ def job_metrics() -> JobMetrics:
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose the process-wide registry on ``addr:port`` (once per process; 0 = do not serve)."""
-    global _served_port
+    """Expose the process-wide registry on ``addr:port`` while any operator uses it.
+
+    Every operator calls this in ``open()`` and :func:`release` in ``close()``; the HTTP
+    server runs while at least one is open, so a restarted job (new operators, maybe a new
+    interpreter in the same JVM) can bind the port again. A port that cannot be bound is
+    logged, not raised: metrics must not take the pipeline down (``up == 0`` alerts on it).
+    """
+    global _server, _users
     with _lock:
-        if port == 0 or _served_port is not None:
+        _users += 1
+        if port == 0 or _server is not None:
             return
-        start_http_server(port, addr=addr, registry=_registry)
-        _served_port = port
+        try:
+            _server, _ = start_http_server(port, addr=addr, registry=_registry)
+        except OSError as exc:
+            _log.error("cannot serve metrics on %s:%s: %s", addr, port, exc)
+
+
+def release() -> None:
+    """Counterpart of :func:`serve`: the last user stops the HTTP server."""
+    global _server, _users
+    with _lock:
+        _users = max(0, _users - 1)
+        if _users == 0 and _server is not None:
+            _server.shutdown()
+            _server.server_close()
+            _server = None
