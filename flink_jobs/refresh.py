@@ -52,25 +52,46 @@ class DirtyUser:
 
 
 class RefreshQueue:
-    """Users waiting for a refresh; ``mark`` replaces a user's snapshot with a newer one."""
+    """Users waiting for a refresh; ``mark`` replaces a user's snapshot with a newer one.
 
-    def __init__(self) -> None:
+    A batch opens when the first user is marked into an empty queue and is due
+    ``coalesce_ms`` later (or at once when it holds ``max_users``): every user marked
+    meanwhile joins it, so one matrix product serves them all and no user is refreshed more
+    than once per interval.
+
+    >>> q = RefreshQueue(coalesce_ms=250, max_users=2)
+    >>> q.due_at is None, q.is_due(0)
+    (True, False)
+    """
+
+    def __init__(self, coalesce_ms: int = 250, max_users: int = 1024) -> None:
+        self.coalesce_ms = coalesce_ms
+        self.max_users = max_users
         self.dirty: dict[str, DirtyUser] = {}
         self.last_flushed: set[str] = set()
+        self.due_at: int | None = None
 
-    def mark(
-        self, user: str, state: UserState, settings: Settings, ingest_ms: int, ts: int
-    ) -> None:
-        """Queue ``user`` with a snapshot of ``state``."""
+    def is_due(self, now_ms: int) -> bool:
+        """Whether the open batch should be refreshed now."""
+        if not self.dirty or self.due_at is None:
+            return False
+        return now_ms >= self.due_at or len(self.dirty) >= self.max_users
+
+    def mark(self, user: str, state: UserState, settings: Settings, ingest_ms: int, ts: int) -> int:
+        """Queue ``user`` with a snapshot of ``state``; returns when the batch is due (ms)."""
+        if not self.dirty or self.due_at is None:
+            self.due_at = int(time.time() * 1000) + self.coalesce_ms
         previous = self.dirty.get(user)
         ingest = previous.ingest_ms if previous else []
         ingest.append(ingest_ms)
         self.dirty[user] = DirtyUser(state, ts, ingest)
+        return self.due_at
 
     def take(self) -> dict[str, DirtyUser]:
         """Remove and return every queued user."""
         batch, self.dirty = self.dirty, {}
         self.last_flushed = set(batch)
+        self.due_at = None
         return batch
 
 

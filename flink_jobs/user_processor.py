@@ -46,6 +46,7 @@ EVENT_TYPE = Types.TUPLE(
 _BYTES = Types.PICKLED_BYTE_ARRAY()
 ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), _BYTES)
 _MAX_UNPUBLISHED = 2048
+_MAX_BATCH_USERS = 1024
 _TRENDING_EVERY_MS = 1000
 
 
@@ -73,7 +74,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         )  # fmt: skip
         self.replica = ItemReplica(self.model.items, _subtask_index(runtime_context))
         self.popularity = WindowedPopularity(s.trending_window_s)
-        self.queue = RefreshQueue()
+        self.queue = RefreshQueue(s.coalesce_ms, _MAX_BATCH_USERS)
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
@@ -111,10 +112,10 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             self.metrics.model_updates.inc()
         self.user_state.update(encode_state(state))
         self.metrics.events.labels(action, "accepted").inc()
-        self.queue.mark(user, state, self.settings, ingest, ts)
-        now_ms = int(time.time() * 1000)
-        interval = self.settings.coalesce_ms
-        ctx.timer_service().register_processing_time_timer(now_ms - now_ms % interval + interval)
+        due = self.queue.mark(user, state, self.settings, ingest, ts)
+        ctx.timer_service().register_processing_time_timer(due)
+        if self.queue.is_due(int(time.time() * 1000)):
+            self._refresh()
         yield from self._publish(force=False)
 
     # --- input 2: item deltas from every subtask -------------------------------------------
@@ -138,8 +139,10 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if user not in self.queue.dirty and user not in self.queue.last_flushed:
             state = decode_state(self.user_state.value(), self.settings)  # after a restore
             if state.n_events:
-                self.queue.mark(user, state, self.settings, int(time.time() * 1000), 0)
-        if self.queue.dirty:
+                now = int(time.time() * 1000)
+                due = self.queue.mark(user, state, self.settings, now, 0)
+                ctx.timer_service().register_processing_time_timer(due)
+        if self.queue.is_due(int(time.time() * 1000)):
             self._refresh()
         yield from self._publish(force=True)
 
