@@ -1,0 +1,397 @@
+"""End-to-end benchmark: the real job on the embedded broker, Redis and a Flink mini-cluster.
+
+Phases (progress is printed as they run):
+
+1. start a Tansu broker, a Redis and the job (:class:`~deploy.job_process.JobProcess`,
+   parallelism 1, 32 factors, checkpoints every 10 s), each on a free port, with logs under
+   ``var/bench/<run>/`` (checkpoints too, deleted at the end);
+2. pre-warm: one ``view`` of every catalogue item ``i0..i{n-1}``, so the item table really
+   holds ``n_items`` rows (the job adds an item on its first event) and top-N costs what it
+   would on a full catalogue. The first events give each synthetic user ``cold_user_events
+   - 1`` events (still cold: cheap trending lists), the rest come from throw-away users
+   ``w<k>``; every later event of a synthetic user is warm (MF over the whole catalogue);
+3. sustained throughput: ``n_events`` synthetic events (random user among ``n_users``),
+   pre-serialised and produced as fast as one producer thread can; the rate is the growth of
+   ``flywheel_job_events_total{outcome="accepted"}`` scraped from the job's ``/metrics`` over
+   the steady part (first ``skip_s`` seconds and the last 5 % excluded);
+4. freshness at offered load: paced production at each rate for ``step_s`` seconds with
+   ``ts`` = now; p50/p99 of ``flywheel_job_freshness_seconds`` (Redis write time minus the
+   Kafka record timestamp) come from the histogram's bucket deltas over the step, taken once
+   the step's events are all processed (so a job that falls behind is charged for it).
+
+Everything started is stopped on exit, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import FlinkBusy, Results, Scrape, bucket_deltas, histogram_quantile, say
+from connectors.datasets import SyntheticShop
+from connectors.producer import EventProducer
+from deploy.job_process import JobProcess
+from deploy.local_stack import create_topics, free_port, start_broker, start_redis
+from flywheel.events import pseudonymise
+from flywheel.settings import Settings, load_settings
+
+__all__ = ["PipelineConfig", "run"]
+
+ACCEPTED = "flywheel_job_events_total"
+FRESHNESS = "flywheel_job_freshness_seconds"
+Record = tuple[bytes, bytes]  # key, payload
+KeyOf = Callable[[str], bytes]  # user id -> Kafka key
+
+
+_FIXED: dict[str, object] = {
+    "events_topic": "bench-events", "dlq_topic": "bench-events.dlq",
+    "item_sync_topic": "bench-items", "consumer_group": "bench", "redis_prefix": "bench",
+    "n_factors": 32, "parallelism": 1, "checkpoint_interval_ms": 10_000,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Sizes and durations of one pipeline benchmark run."""
+
+    n_items: int = 100_000
+    n_users: int = 20_000
+    n_events: int = 200_000
+    rates: tuple[int, ...] = (250, 500, 1000, 2000)
+    step_s: float = 30.0
+    skip_s: float = 5.0
+    seed: int = 7
+
+    @classmethod
+    def for_run(cls, quick: bool) -> PipelineConfig:
+        """The default run, or a shorter one (fewer events, shorter steps) for ``--quick``."""
+        return cls(n_events=30_000, step_s=15.0) if quick else cls()
+
+
+class _Job:
+    """The running job seen from outside: its process and its metrics endpoint."""
+
+    def __init__(self, settings: Settings, process: JobProcess):
+        self.settings = settings
+        self.process = process
+        self.url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+
+    def scrape(self) -> Scrape:
+        return Scrape.fetch(self.url)
+
+    def accepted(self) -> float:
+        return self.scrape().total(ACCEPTED, outcome="accepted")
+
+    def check_alive(self) -> None:
+        if not self.process.running:
+            tail = self.process.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the job exited; log {self.process.log_path}:\n{tail}")
+
+    def wait_ready(self, timeout_s: float = 240.0) -> None:
+        """Wait until the job's operators are open (its metrics endpoint answers)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                self.scrape()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"job metrics not served after {timeout_s:.0f} s")
+
+    def settle(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
+        """Wait until no event is accepted and no list written for ``quiet_s``."""
+        deadline, last = time.monotonic() + timeout_s, (-1.0, -1.0)
+        while time.monotonic() < deadline:
+            scrape = self.scrape()
+            now = (scrape.total(ACCEPTED, outcome="accepted"), scrape.total(f"{FRESHNESS}_count"))
+            if now == last:
+                return
+            last = now
+            time.sleep(quiet_s)
+
+    def wait_accepted(self, target: float, timeout_s: float, what: str) -> bool:
+        """Wait until ``target`` events were accepted; False on timeout."""
+        deadline, last_print = time.monotonic() + timeout_s, 0.0
+        while time.monotonic() < deadline:
+            self.check_alive()
+            done = self.accepted()
+            if done >= target:
+                return True
+            if time.monotonic() - last_print >= 5:
+                say(f"{what}: waiting, {done:,.0f} / {target:,.0f} accepted")
+                last_print = time.monotonic()
+            time.sleep(0.5)
+        return False
+
+
+@contextmanager
+def _running_job(work: Path) -> Iterator[_Job]:
+    """Broker, Redis and the job for one run; all stopped on exit (newest first)."""
+    logs = work / "logs"
+    with ExitStack() as stack:
+        broker = start_broker(free_port(), logs)
+        stack.callback(broker.stop)
+        redis_service = start_redis(free_port(), logs)
+        stack.callback(redis_service.stop)
+        settings = load_settings(
+            **_FIXED,
+            kafka_bootstrap=broker.address,
+            redis_url=f"redis://{redis_service.address}/0",
+            checkpoint_dir=work / "checkpoints",
+            var_dir=work,
+            metrics_port=free_port(),
+            flink_metrics_port=free_port(),
+        )
+        topics = [settings.events_topic, settings.dlq_topic, settings.item_sync_topic]
+        create_topics(broker.address, topics, 1)
+        stack.callback(shutil.rmtree, work / "checkpoints", ignore_errors=True)  # after stop
+        process = JobProcess(settings, logs / "job.log")
+        stack.callback(process.stop)
+        say(f"starting the job (log {process.log_path})")
+        job = _Job(settings, process.start())
+        job.wait_ready()
+        yield job
+
+
+def _key_maker(hmac_key: str) -> KeyOf:
+    """Kafka key (the user's pseudonym) of a user, computed once per user."""
+    return functools.cache(lambda user: pseudonymise(user, hmac_key).encode())
+
+
+def _record(event: dict[str, Any], keys: KeyOf, event_id: str, ts: int) -> Record:
+    event["event_id"], event["ts"] = event_id, ts
+    return keys(event["user_id"]), orjson.dumps(event)
+
+
+def _send_all(settings: Settings, records: Sequence[Record], stop: threading.Event) -> float:
+    """Produce ``records`` as fast as possible; returns the seconds it took (with flush)."""
+    started = time.monotonic()
+    producer = EventProducer(settings)
+    try:
+        for i, (key, payload) in enumerate(records):
+            if i % 4096 == 0 and stop.is_set():
+                break
+            producer.send_raw(payload, key)
+    finally:
+        producer.close(timeout=60)
+    return time.monotonic() - started
+
+
+def _produce_and_track(
+    job: _Job,
+    records: Sequence[Record],
+    what: str,
+    timeout_s: float,
+    every_5s: Callable[[], None] | None = None,
+) -> tuple[list[tuple[float, float]], float, float]:
+    """Produce ``records`` in a thread while sampling the accepted counter once a second.
+
+    Returns ``(samples, t_start, t_produced)``: ``(time, accepted since start)`` samples until
+    all records are accepted (or ``timeout_s``), the start time and the producer's end time.
+    ``every_5s`` is called every fifth sample (e.g. to sample other metrics).
+    """
+    base, stop, took = job.accepted(), threading.Event(), [0.0]
+    thread = threading.Thread(
+        target=lambda: took.__setitem__(0, _send_all(job.settings, records, stop)), daemon=True
+    )
+    t_start = time.monotonic()
+    thread.start()
+    samples: list[tuple[float, float]] = []
+    try:
+        while time.monotonic() - t_start < timeout_s:
+            job.check_alive()
+            now, done = time.monotonic(), job.accepted() - base
+            samples.append((now, done))
+            if len(samples) % 5 == 1:
+                rate = (done - samples[-6][1]) / (now - samples[-6][0]) if len(samples) > 5 else 0
+                sent = "all sent" if not thread.is_alive() else "sending"
+                say(f"{what}: {sent}, {done:,.0f} / {len(records):,} accepted ({rate:,.0f}/s)")
+                if every_5s is not None:
+                    every_5s()
+            if done >= len(records):
+                break
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+    finally:
+        stop.set()
+        thread.join()
+    return samples, t_start, t_start + took[0]
+
+
+def _prewarm(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
+    """One view of every item (see the module docstring); waits until the table holds all."""
+    now, per_user = int(time.time() * 1000), max(0, job.settings.cold_user_events - 1)
+    records = [
+        _record(
+            {"user_id": f"u{k % cfg.n_users}" if k < per_user * cfg.n_users else f"w{k}",
+             "item_id": f"i{k}", "action": "view", "category": shop.item_category(k)},
+            keys, f"warm-{k}", now,
+        )
+        for k in range(cfg.n_items)
+    ]  # fmt: skip
+    say(f"pre-warm: {len(records):,} events touching every item")
+    samples, t_start, _ = _produce_and_track(job, records, "pre-warm", 1800.0)
+    items = job.scrape().total("flywheel_job_items")
+    while items < cfg.n_items and time.monotonic() - samples[-1][0] < 60:
+        time.sleep(0.5)  # the gauge follows the item-sync round trip
+        items = job.scrape().total("flywheel_job_items")
+    say(f"pre-warm: done in {samples[-1][0] - t_start:.0f} s, item table {items:,.0f}")
+    return {
+        "pipeline.prewarm_s": round(samples[-1][0] - t_start, 1),
+        "pipeline.prewarm_events_per_s": round(samples[-1][1] / (samples[-1][0] - t_start), 1),
+        "pipeline.items": int(items),
+    }
+
+
+def _steady_rate(samples: list[tuple[float, float]], t_from: float, n: int) -> float:
+    """Accepted/s between the first sample after ``t_from`` and the last below 95 % of n."""
+    steady = [(t, c) for t, c in samples if t >= t_from and c <= 0.95 * n]
+    if len(steady) < 2:
+        steady = [samples[0], samples[-1]]
+    (t0, c0), (t1, c1) = steady[0], steady[-1]
+    return (c1 - c0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def _delta(before: Scrape, after: Scrape, name: str) -> float:
+    return after.total(name) - before.total(name)
+
+
+def _time_split(before: Scrape, after: Scrape, wall_s: float) -> Results:
+    """Where the job's time went between two scrapes, from the top-N batch histograms."""
+    users = _delta(before, after, "flywheel_job_topn_batch_users_sum")
+    seconds = _delta(before, after, "flywheel_job_topn_batch_seconds_sum")
+    batches = _delta(before, after, "flywheel_job_topn_batch_seconds_count")
+    durations = bucket_deltas(before, after, "flywheel_job_topn_batch_seconds")
+    sizes = bucket_deltas(before, after, "flywheel_job_topn_batch_users")
+    per_batch = seconds / batches if batches else float("nan")
+    single = sizes[0][1] / batches if batches and sizes and sizes[0][0] == 1 else float("nan")
+    return {
+        "pipeline.topn_batches_per_s": round(batches / wall_s, 2),
+        "pipeline.topn_batch_users_mean": round(users / batches if batches else 0.0, 1),
+        "pipeline.topn_single_user_batch_fraction": round(single, 3),
+        "pipeline.topn_batch_ms_mean": round(per_batch * 1000, 2),
+        "pipeline.topn_batch_ms_p99": round(histogram_quantile(0.99, durations) * 1000, 1),
+        "pipeline.topn_ms_per_list": round(seconds / users * 1000 if users else 0.0, 3),
+        "pipeline.topn_busy_fraction": round(seconds / wall_s, 3),
+    }
+
+
+def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
+    """Sustained rate of the job on a backlog of ``n_events`` random-user events."""
+    now = int(time.time() * 1000)
+    records = [_record(e, keys, f"tp-{k}", now) for k, e in enumerate(shop.events(cfg.n_events))]
+    say(f"throughput: producing {len(records):,} pre-serialised events")
+    before = job.scrape()
+    timeout = max(300.0, cfg.n_events / 50)
+    flink = FlinkBusy(job.settings.flink_metrics_port)
+    samples, t_start, t_sent = _produce_and_track(job, records, "throughput", timeout, flink.sample)
+    after = job.scrape()
+    rate = _steady_rate(samples, t_start + cfg.skip_s, len(records))
+    wall = samples[-1][0] - t_start
+    lists = _delta(before, after, "flywheel_job_lists_written_total")
+    results: Results = {
+        "pipeline.events_per_s": round(rate, 1),
+        "pipeline.produce_events_per_s": round(len(records) / max(t_sent - t_start, 1e-9), 1),
+        "pipeline.throughput_events": len(records),
+        "pipeline.throughput_complete": int(samples[-1][1] >= len(records)),
+        "pipeline.lists_per_event": round(lists / max(1.0, samples[-1][1]), 3),
+        "pipeline.model_updates_per_s": round(
+            _delta(before, after, "flywheel_job_model_updates_total") / wall, 1
+        ),
+    }
+    results.update(_time_split(before, after, wall))
+    results.update(flink.means())
+    say(f"throughput: {rate:,.0f} events/s (steady part), producer {t_sent - t_start:.1f} s")
+    return results
+
+
+def _paced(job: _Job, records: Iterator[Record], rate: int, duration_s: float) -> tuple[int, float]:
+    """Produce ``rate`` events/s for ``duration_s`` (ts = send time); returns (sent, seconds)."""
+    producer, total, sent = EventProducer(job.settings), int(rate * duration_s), 0
+    started = last_print = time.monotonic()
+    try:
+        while sent < total:
+            due = min(total, int((time.monotonic() - started) * rate) + 1)
+            while sent < due:
+                key, payload = next(records)
+                producer.send_raw(payload, key)
+                sent += 1
+            if time.monotonic() - last_print >= 5:
+                say(f"freshness {rate} eps: {sent:,} / {total:,} sent")
+                last_print = time.monotonic()
+            time.sleep(0.002)
+    finally:
+        producer.close(timeout=60)
+    return sent, time.monotonic() - started
+
+
+def _live_records(cfg: PipelineConfig, keys: KeyOf) -> Iterator[Record]:
+    """Endless synthetic events stamped with the time they are taken (a new seed per pass)."""
+    for seed in range(cfg.seed + 1, cfg.seed + 1_000):
+        shop = SyntheticShop(cfg.n_users, cfg.n_items, seed=seed)
+        for k, event in enumerate(shop.events(100_000)):
+            yield _record(event, keys, f"fr{seed}-{k}", int(time.time() * 1000))
+
+
+def _freshness(job: _Job, cfg: PipelineConfig, keys: KeyOf, results: Results) -> None:
+    """Freshness p50/p99 and processed rate at each offered rate, into ``results``."""
+    records = _live_records(cfg, keys)
+    for rate in cfg.rates:
+        job.settle()  # the previous phase's last lists are written before the step starts
+        before = job.scrape()
+        base = before.total(ACCEPTED, outcome="accepted")
+        say(f"freshness: offering {rate} events/s for {cfg.step_s:.0f} s")
+        sent, took = _paced(job, records, rate, cfg.step_s)
+        processed = job.accepted() - base
+        drain_s = max(120.0, 3 * cfg.step_s, sent / 150)
+        drained = job.wait_accepted(base + sent, drain_s, f"{rate} eps drain")
+        job.settle()  # the step's last lists get written
+        after = job.scrape()
+        deltas = bucket_deltas(before, after, FRESHNESS)
+        observed = _delta(before, after, f"{FRESHNESS}_count")
+        p50, p99 = (histogram_quantile(q, deltas) * 1000 for q in (0.5, 0.99))
+        tag = f"at_{rate}eps"
+        results[f"pipeline.freshness_p50_ms_{tag}"] = round(p50, 1)
+        results[f"pipeline.freshness_p99_ms_{tag}"] = round(p99, 1)
+        results[f"pipeline.offered_eps_{tag}"] = round(sent / took, 1)
+        results[f"pipeline.processed_eps_{tag}"] = round(processed / took, 1)
+        results[f"pipeline.drained_{tag}"] = int(drained)
+        results[f"pipeline.freshness_obs_per_event_{tag}"] = round(observed / max(sent, 1), 3)
+        say(f"freshness {rate} eps: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, kept up at "
+            f"{processed / took:,.0f}/s{'' if drained else ' (NOT drained)'}")  # fmt: skip
+
+
+def run(quick: bool = False, into: Results | None = None, work: Path | None = None) -> Results:
+    """Run every phase; returns ``pipeline.*`` keys.
+
+    Each phase's keys are added to ``into`` (when given) as soon as the phase ends, so a
+    caller keeps the finished phases' figures when a later one fails or is interrupted.
+    """
+    cfg = PipelineConfig.for_run(quick)
+    work = work or Path("var/bench") / time.strftime("%Y%m%d-%H%M%S")
+    results: Results = {} if into is None else into
+    results.update({
+        "pipeline.users": cfg.n_users,
+        "pipeline.catalogue_items": cfg.n_items,
+        "pipeline.n_factors": 32,
+        "pipeline.parallelism": 1,
+        "pipeline.checkpoint_interval_s": 10,
+        "pipeline.quick": int(quick),
+        "pipeline.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })  # fmt: skip
+    shop = SyntheticShop(cfg.n_users, cfg.n_items, seed=cfg.seed)
+    with _running_job(work) as job:
+        keys = _key_maker(job.settings.hmac_key)
+        results.update(_prewarm(job, cfg, keys, shop))
+        results.update(_throughput(job, cfg, keys, shop))
+        _freshness(job, cfg, keys, results)
+    return results

@@ -1,0 +1,144 @@
+"""Entry of ``make bench``: ``python -m bench.run_all [--quick] [--full] [--only NAME]``.
+
+Runs the model benchmarks (:mod:`bench.model`), then the pipeline benchmark
+(:mod:`bench.pipeline`), merges their figures into ``bench/results/latest.json`` (keys this run
+did not recompute are kept), plots freshness against offered load into
+``bench/results/freshness_vs_load.png`` when matplotlib is importable, and prints a table.
+Figures measured before a failure or Ctrl-C are still saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+from bench import model, pipeline
+from bench.common import (
+    LATEST,
+    RESULTS_DIR,
+    Results,
+    Value,
+    format_table,
+    machine_info,
+    merge_results,
+    say,
+)
+
+__all__ = ["main", "plot_freshness"]
+
+BENCHMARKS = ("model", "pipeline")
+PLOT = RESULTS_DIR / "freshness_vs_load.png"
+_FRESHNESS_KEY = re.compile(r"^pipeline\.freshness_p(50|99)_ms_at_(\d+)eps$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events, shorter steps")
+    parser.add_argument("--full", action="store_true", help="also a 1M-item catalogue (model)")
+    parser.add_argument(
+        "--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)"
+    )
+    return parser
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM behaves like Ctrl-C, so every started process is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | None:
+    """Freshness p50/p99 against offered load as a PNG; None without matplotlib or data."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        say("matplotlib is not importable: no plot")
+        return None
+    series = _freshness_series(results)
+    if not series["p50"]:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for q in ("p50", "p99"):
+        rates = sorted(series[q])
+        ax.plot(rates, [series[q][r] for r in rates], marker="o", label=q)
+    if series["processed"]:
+        rates, right = sorted(series["processed"]), ax.twinx()
+        right.plot(rates, [series["processed"][r] for r in rates], "--", color="grey", marker=".")
+        right.set_ylabel("processed events/s (dashed)")
+        right.set_ylim(bottom=0)
+    ax.set_xlabel("offered load (events/s)")
+    ax.set_ylabel("freshness (ms): Redis write - Kafka record time")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title(
+        f"Flywheel freshness vs load ({results.get('meta.nproc', '?')} cores, "
+        f"{results.get('pipeline.catalogue_items', '?')} items, parallelism 1)"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _freshness_series(results: Mapping[str, Value]) -> dict[str, dict[int, float]]:
+    """``p50``, ``p99`` (ms) and ``processed`` (events/s) by offered rate."""
+    series: dict[str, dict[int, float]] = {"p50": {}, "p99": {}, "processed": {}}
+    for key, value in results.items():
+        match = _FRESHNESS_KEY.match(key)
+        if match and isinstance(value, int | float):
+            series[f"p{match.group(1)}"][int(match.group(2))] = float(value)
+    for rate in series["p50"]:
+        processed = results.get(f"pipeline.processed_eps_at_{rate}eps")
+        if isinstance(processed, int | float):
+            series["processed"][rate] = float(processed)
+    return series
+
+
+def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> None:
+    """Run the selected benchmarks in order, saving after each one."""
+    if "model" in selected:
+        say("=== model benchmarks (no Flink) ===")
+        new.update(model.run(quick=args.quick, full=args.full))
+        merge_results(new)
+    if "pipeline" in selected:
+        say("=== pipeline benchmark (broker + Redis + Flink job) ===")
+        pipeline.run(quick=args.quick, into=new)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks; returns the exit status (130 when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    selected = args.only or list(BENCHMARKS)
+    new = machine_info(" ".join(["python -m bench.run_all", *argv]))
+    status = 0
+    try:
+        _run(selected, args, new)
+    except KeyboardInterrupt:
+        say("interrupted: keeping the figures measured so far")
+        status = 130
+    finally:
+        merged = merge_results(new)
+        plot = plot_freshness(merged)
+        print(format_table(new), flush=True)
+        say(f"results merged into {LATEST}" + (f"; plot {plot}" if plot else ""))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
