@@ -28,6 +28,7 @@ from flywheel.events import pseudonymise
 from flywheel.settings import Settings
 
 __all__ = [
+    "SCENES",
     "TRENDING_SUFFIX",
     "ListReader",
     "ListWriter",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+SCENES: tuple[str, ...] = ("home", "cart", "product")
+"""Scenes a list may be stored for (deleting a user removes all of them)."""
 TRENDING_SUFFIX = "trending"
 
 

@@ -25,7 +25,13 @@ from pyflink.common.time import Time
 from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from connectors.redis_lists import TRENDING_SUFFIX, ListWriter, features_suffix, rec_suffix
+from connectors.redis_lists import (
+    SCENES,
+    TRENDING_SUFFIX,
+    ListWriter,
+    features_suffix,
+    rec_suffix,
+)
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists
 from flink_jobs.user_state import decode_state, encode_state
@@ -94,6 +100,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     def process_element(self, value: tuple[Any, ...], ctx: Any):
         self._restore_items(ctx)
         event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value
+        if action == "forget":
+            self._forget(user)
+            return
         state = decode_state(self.user_state.value(), self.settings)
         if event_id in state.recent_ids:
             self.metrics.events.labels(action, "duplicate").inc()
@@ -147,6 +156,15 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         yield from self._publish(force=True)
 
     # --- helpers -----------------------------------------------------------------------------
+    def _forget(self, user: str) -> None:
+        """Right to be forgotten: drop the user's state, queued refresh and Redis keys."""
+        self.user_state.clear()
+        self.queue.dirty.pop(user, None)
+        prefix = self.settings.redis_prefix
+        keys = [f"{prefix}:{rec_suffix(scene, user)}" for scene in SCENES]
+        self.redis.delete(*keys, f"{prefix}:{features_suffix(user)}")
+        self.metrics.events.labels("forget", "accepted").inc()
+
     def _publish(self, force: bool):
         due = time.monotonic() - self._last_publish >= self.settings.item_sync_flush_ms / 1000
         if self.replica.unpublished and (

@@ -16,8 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ACTIONS", "Settings", "SettingsError", "load_settings"]
 
-ACTIONS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "impression")
-"""Every action an event may carry, in order of increasing intent (impression aside)."""
+ACTIONS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "impression", "forget")
+"""Every action an event may carry: shopper actions in order of increasing intent, then
+``impression`` (a list was shown) and ``forget`` (erase everything derived from the user)."""
 
 ENV_PREFIX = "FLYWHEEL_"
 DEV_HMAC_KEY = "flywheel-dev-key-change-me"

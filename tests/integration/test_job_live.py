@@ -134,3 +134,20 @@ def test_users_are_pseudonymised_in_redis(running_job) -> None:  # type: ignore[
     ]
     assert any(pseudonym in key for key in keys)
     assert not any(user in key for key in keys)
+
+
+def test_forget_erases_the_user(running_job) -> None:  # type: ignore[no-untyped-def]
+    user = f"leaving-{uuid.uuid4().hex[:6]}"
+    reader = ListReader(running_job.settings, running_job.redis)
+    with running_job.producer() as producer:
+        for i in range(4):
+            producer.send(_event(user, f"sku-{i}", "purchase"))
+    running_job.wait_for(lambda: (_features(running_job, user).get("n_events") or 0) == 4)
+    assert reader.get(user) is not None
+    with running_job.producer() as producer:
+        producer.send(_event(user, "-", "forget"))
+    running_job.wait_for(lambda: reader.get(user) is None and not _features(running_job, user))
+    with running_job.producer() as producer:  # state is gone too: the user starts afresh
+        producer.send(_event(user, "sku-9", "view"))
+    running_job.wait_for(lambda: _features(running_job, user).get("n_events") == 1)
+    assert _features(running_job, user)["totals"] == {"view": 1}
