@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from online_models.implicit_mf import ItemDeltas
-from online_models.item_table import ItemTable
+from online_models.item_table import CatalogueFull, ItemTable
 
 __all__ = ["DeltaBatch", "ItemReplica", "decode_batch", "encode_batch"]
 
@@ -80,6 +80,17 @@ def decode_batch(text: str) -> DeltaBatch:
     return DeltaBatch(origin, items, factors, bias, weights, ts)
 
 
+def _rows(table: ItemTable, items: list[str]) -> np.ndarray:
+    """Rows of ``items`` in ``table`` (added if new), -1 where the table is full."""
+    out = np.empty(len(items), dtype=np.int64)
+    for i, item in enumerate(items):
+        try:
+            out[i] = table.ensure(item)
+        except CatalogueFull:
+            out[i] = -1
+    return out
+
+
 class ItemReplica:
     """One subtask's view of the item table; see the module docstring."""
 
@@ -89,6 +100,7 @@ class ItemReplica:
         self.shared = ItemTable(local.n_factors, local.init_std, local.seed, local.max_items)
         self.pending: dict[str, int] = {}
         self._out: list[tuple[ItemDeltas, float, int]] = []
+        self.refused = 0
         self._out_count = 0
 
     def record_own(self, deltas: ItemDeltas, weight: float, ts: int) -> None:
@@ -128,16 +140,20 @@ class ItemReplica:
     def apply_published(self, batch: DeltaBatch) -> set[str]:
         """Apply a batch read from the topic; returns the items whose shared row changed."""
         items = batch.items
-        rows = np.fromiter((self.shared.ensure(i) for i in items), np.int64, len(items))
-        self.shared.apply_all(rows, batch.factors, batch.bias)
+        rows = _rows(self.shared, items)
+        kept = rows >= 0  # items beyond a full table's capacity are skipped (and counted)
+        self.refused += int(len(items) - kept.sum())
+        self.shared.apply_all(rows[kept], batch.factors[kept], batch.bias[kept])
         if batch.origin == self.origin:
             fresh = [i for i, item in enumerate(items) if not self._pop_pending(item)]
         else:
             fresh = list(range(len(items)))
         if fresh:
-            local = np.fromiter((self.local.ensure(items[i]) for i in fresh), np.int64, len(fresh))
-            self.local.apply_all(local, batch.factors[fresh], batch.bias[fresh])
-        return set(items)
+            local = _rows(self.local, [items[i] for i in fresh])
+            ok = local >= 0
+            picked = np.asarray(fresh)[ok]
+            self.local.apply_all(local[ok], batch.factors[picked], batch.bias[picked])
+        return {item for item, keep in zip(items, kept.tolist(), strict=True) if keep}
 
     def _pop_pending(self, item: str) -> bool:
         """Count one own delta of ``item`` as echoed; False if none was pending."""

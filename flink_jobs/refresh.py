@@ -19,7 +19,6 @@ from connectors.redis_lists import RecList, encode_rec_list
 from flink_jobs.user_state import UserState
 from flywheel.settings import Settings
 from online_models.item_table import ItemTable
-from online_models.popularity import WindowedPopularity
 from online_models.topn import top_n
 
 __all__ = ["DirtyUser", "RefreshQueue", "build_lists"]
@@ -152,8 +151,3 @@ def _encode(
     user: str, strategy: str, dirty: DirtyUser, ranked: list[tuple[str, float]], now: int
 ) -> bytes:
     return encode_rec_list(RecList(user, "home", strategy, dirty.event_ts, now, ranked))
-
-
-def trending_list(popularity: WindowedPopularity, n: int) -> list[tuple[str, float]]:
-    """The current trending list (windowed popularity), best first."""
-    return popularity.top(n)

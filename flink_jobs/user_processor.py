@@ -38,6 +38,7 @@ from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
 from online_models.implicit_mf import ImplicitMF
+from online_models.item_table import CatalogueFull
 from online_models.popularity import WindowedPopularity
 
 __all__ = ["EVENT_TYPE", "ITEMS_DESCRIPTOR", "UserProcessor"]
@@ -116,9 +117,13 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if weight > 0:
             if state.vector is None:
                 state.vector = self.model.new_user_vector(user)
-            deltas = self.model.update(state.vector, item, weight, event_id)
-            self.replica.record_own(deltas, weight, ts)
-            self.metrics.model_updates.inc()
+            try:
+                deltas = self.model.update(state.vector, item, weight, event_id)
+            except CatalogueFull:  # features still count it; the model cannot hold the item
+                self.metrics.items_refused.inc()
+            else:
+                self.replica.record_own(deltas, weight, ts)
+                self.metrics.model_updates.inc()
         self.user_state.update(encode_state(state))
         self.metrics.events.labels(action, "accepted").inc()
         due = self.queue.mark(user, state, self.settings, ingest, ts)
@@ -131,7 +136,10 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     def process_broadcast_element(self, value: str, ctx: Any):
         self._restore_items(ctx)
         batch = decode_batch(value)
+        refused = self.replica.refused
         changed = self.replica.apply_published(batch)
+        if self.replica.refused > refused:
+            self.metrics.items_refused.inc(self.replica.refused - refused)
         for item, weight, ts in zip(batch.items, batch.weights, batch.ts, strict=True):
             if weight > 0:
                 self.popularity.add(item, float(weight), int(ts))

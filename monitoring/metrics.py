@@ -78,6 +78,11 @@ class JobMetrics:
             registry=registry,
         )
         self.items = Gauge(f"{ns}_items", "Items in the model's item table", registry=registry)
+        self.items_refused = Counter(
+            f"{ns}_items_refused",
+            "Learning steps skipped because the item table is full (FLYWHEEL_MAX_ITEMS)",
+            registry=registry,
+        )
         self._initialise()
 
     def _initialise(self) -> None:

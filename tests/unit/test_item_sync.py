@@ -85,3 +85,17 @@ def test_restore_rebuilds_both_tables_from_persisted_entries() -> None:
             fresh.local.factors[fresh.local.index[item]],
             replica.shared.factors[replica.shared.index[item]],
         )
+
+
+def test_a_full_table_refuses_items_without_failing() -> None:
+    sender = ImplicitMF(n_factors=4, n_negatives=0)
+    replica = ItemReplica(sender.items, 0)
+    _learn(sender, replica, "u", ["a", "b", "c"])
+    batch = replica.take_batch()
+    assert batch is not None
+    small = ImplicitMF(n_factors=4, n_negatives=0, max_items=2)
+    receiver = ItemReplica(small.items, 1)
+    receiver.shared.max_items = 2
+    changed = receiver.apply_published(batch)
+    assert changed == {"a", "b"} and receiver.refused == 1
+    assert len(small.items) == 2
