@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features(commands)
     _add_run(commands)
     _add_job(commands)
+    _add_api(commands)
     return parser
 
 
@@ -149,6 +150,13 @@ def _add_job(commands: Any) -> None:
     job = commands.add_parser("job", help="run the PyFlink recommendation job")
     job.add_argument("--restore", metavar="PATH", help="checkpoint or savepoint to restore")
     job.set_defaults(handler=_job)
+
+
+def _add_api(commands: Any) -> None:
+    api = commands.add_parser("api", help="run the recommendation API (HTTP, OpenAPI at /docs)")
+    api.add_argument("--host", help="address to bind (default: FLYWHEEL_API_HOST)")
+    api.add_argument("--port", type=int, help="port (default: FLYWHEEL_API_PORT)")
+    api.set_defaults(handler=_api)
 
 
 def _action_map(text: str) -> dict[str, str]:
@@ -274,6 +282,19 @@ def _job(settings: Settings, args: argparse.Namespace) -> int:
     from flink_jobs.job import main as run_job
 
     run_job(settings, args)
+    return 0
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    overrides = {"api_host": args.host, "api_port": args.port}
+    try:
+        settings = settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        print(f"flywheel api: {exc}", file=sys.stderr)
+        return 2
+    from serving.app import serve
+
+    serve(settings)
     return 0
 
 

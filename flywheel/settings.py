@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Flywheel metrics port")
     metrics_bind: str = Field("127.0.0.1", description="address the metrics endpoints bind")
 
+    # --- recommendation API --------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="address the recommendation API binds")
+    api_port: int = Field(8000, ge=1, le=65535, description="port of the recommendation API")
+    diversity_lambda: float = Field(
+        0.0, ge=0, le=1, description="default diversity of served lists, 0 = relevance order"
+    )
+
     # --- embedded stack ------------------------------------------------------------------
     prometheus_port: int = Field(9090, ge=1, le=65535, description="local Prometheus port")
     var_dir: Path = Field(Path("var"), description="logs and data of the local stack")

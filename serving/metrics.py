@@ -1,0 +1,91 @@
+"""The recommendation API's Prometheus metrics, declared in one place.
+
+Each app gets its own :class:`~prometheus_client.CollectorRegistry` (tests build several apps
+in one process). Label values are bounded: endpoints are route templates from
+:data:`ENDPOINTS` (unknown paths are ``other``), statuses are HTTP status codes, scenes and
+strategies come from fixed tuples; never a user or item id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from serving.recommend import SCENES
+
+__all__ = ["ENDPOINTS", "ApiMetrics", "endpoint_of"]
+
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/recommendations",
+    "/v1/events",
+    "/v1/users/{user_id}",
+    "/healthz",
+    "/metrics",
+    "other",
+)
+_SUCCESS = {"/v1/events": "202", "/v1/users/{user_id}": "202"}
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def endpoint_of(path: str) -> str:
+    """The bounded endpoint label of a request path.
+
+    >>> endpoint_of("/v1/users/alice"), endpoint_of("/v1/recommendations"), endpoint_of("/x")
+    ('/v1/users/{user_id}', '/v1/recommendations', 'other')
+    """
+    if path.startswith("/v1/users/"):
+        return "/v1/users/{user_id}"
+    return path if path in ENDPOINTS else "other"
+
+
+class ApiMetrics:
+    """The API's metrics, registered in ``registry`` (a fresh one when ``None``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ns, reg = "flywheel_api", self.registry
+        self.request_seconds = Histogram(
+            f"{ns}_request_seconds",
+            "Request latency by endpoint and HTTP status",
+            ["endpoint", "status"],
+            buckets=_BUCKETS,
+            registry=reg,
+        )
+        self.requests = Counter(
+            f"{ns}_requests",
+            "Requests by endpoint and HTTP status",
+            ["endpoint", "status"],
+            registry=reg,
+        )
+        self.lists_served = Counter(
+            f"{ns}_lists_served",
+            "Lists served by scene and strategy",
+            ["scene", "strategy"],
+            registry=reg,
+        )
+        self.events_accepted = Counter(
+            f"{ns}_events_accepted", "Events accepted by POST /v1/events", registry=reg
+        )
+        self.events_rejected = Counter(
+            f"{ns}_events_rejected",
+            "Batches refused by POST /v1/events, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        self.impressions_lost = Counter(
+            f"{ns}_impressions_lost", "Impression events dropped or not delivered", registry=reg
+        )
+        self._preinitialise()
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one request and its latency."""
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_seconds.labels(endpoint, str(status)).observe(seconds)
+
+    def _preinitialise(self) -> None:
+        for endpoint in ENDPOINTS[:-1]:
+            status = _SUCCESS.get(endpoint, "200")
+            self.requests.labels(endpoint, status)
+            self.request_seconds.labels(endpoint, status)
+        for scene in SCENES:
+            for strategy in ("online_mf", "trending"):
+                self.lists_served.labels(scene, strategy)
