@@ -38,11 +38,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class JobProcess:
-    """The streaming job in a child process; logs go to ``log_path``."""
+    """The streaming job (or another ``flywheel`` subcommand, e.g. ``("api",)``) in a child
+    process; logs go to ``log_path``."""
 
-    def __init__(self, settings: Settings, log_path: Path):
+    def __init__(self, settings: Settings, log_path: Path, command: tuple[str, ...] = ("job",)):
         self.settings = settings
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> JobProcess:
@@ -53,7 +55,7 @@ class JobProcess:
         root = Path(__file__).resolve().parent.parent
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flywheel.cli", "job"],
+                [sys.executable, "-m", "flywheel.cli", *self.command],
                 cwd=root,
                 env=env,
                 stdout=log,

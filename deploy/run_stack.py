@@ -257,9 +257,12 @@ def _run(settings: Settings, args: argparse.Namespace, console: _Console, stop: 
             console.say("Starting the local stack (Kafka-protocol broker, Redis, Prometheus)...")
             stack = resources.enter_context(LocalStack(settings))
             job = JobProcess(settings, stack.log_dir / "job.log")
+            api = JobProcess(settings, stack.log_dir / "api.log", ("api",))
             run = _Run(settings, args, stack, job, console, stop)
             resources.callback(run.shutdown)
+            resources.callback(api.stop)
             run.job.start()
+            api.start()
             _print_banner(run)
         finally:
             stop.raise_now = False  # from here on a signal only sets the event
@@ -276,7 +279,9 @@ def _print_banner(run: _Run) -> None:
         f"  Prometheus        http://{HOST}:{s.prometheus_port}  (e.g. {_EXAMPLE_QUERY})",
         f"  metrics           http://{HOST}:{s.metrics_port}/metrics (job), "
         f"http://{HOST}:{s.flink_metrics_port}/metrics (Flink)",
-        f"  logs              {run.stack.log_dir}  (job: {run.job.log_path.name})",
+        f"  API               http://{s.api_host}:{s.api_port}/docs  "
+        f"(GET /v1/recommendations?user_id=USER)",
+        f"  logs              {run.stack.log_dir}  (job: {run.job.log_path.name}, api.log)",
         "Try (same FLYWHEEL_* environment; USER: a shopper shown below): flywheel list USER",
         "  flywheel features USER    flywheel send --user USER --item ITEM --action click",
         f"Demo traffic: {traffic if args.traffic != 'none' else 'none'}. Ctrl-C stops everything.",

@@ -34,7 +34,7 @@ def distinct_free_ports(count: int) -> list[int]:
 
 def run_env(tmp_path: Path, ports: list[int]) -> dict[str, str]:
     """The process environment without FLYWHEEL_* variables, plus ours: free ports, tmp dirs."""
-    kafka, redis_port, prometheus, metrics, flink_metrics = ports
+    kafka, redis_port, prometheus, metrics, flink_metrics, api = ports
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
     return env | {
         "FLYWHEEL_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}",
@@ -42,6 +42,7 @@ def run_env(tmp_path: Path, ports: list[int]) -> dict[str, str]:
         "FLYWHEEL_PROMETHEUS_PORT": str(prometheus),
         "FLYWHEEL_METRICS_PORT": str(metrics),
         "FLYWHEEL_FLINK_METRICS_PORT": str(flink_metrics),
+        "FLYWHEEL_API_PORT": str(api),
         "FLYWHEEL_VAR_DIR": str(tmp_path),
         "FLYWHEEL_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
     }
@@ -83,7 +84,7 @@ def processes_mentioning(needle: str, ports: list[int]) -> list[str]:
 
 
 def test_run_streams_traffic_reports_status_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    ports = distinct_free_ports(5)
+    ports = distinct_free_ports(6)
     cmd = [sys.executable, "-m", "flywheel.cli", "run", "--traffic", "synthetic"]
     cmd += ["--rate", "200", "--duration", "60"]
 
@@ -95,6 +96,8 @@ def test_run_streams_traffic_reports_status_and_leaves_nothing_behind(tmp_path: 
     assert rates and max(rates) > 0, report
     assert SHOPPER.search(result.stdout), report
     assert "Summary: sent " in result.stdout, report
+    api_log = (tmp_path / "logs" / "api.log").read_text()
+    assert "Uvicorn running" in api_log, f"the API did not start:\n{api_log[-2000:]}"
     deadline = time.monotonic() + 15
     while (left := processes_mentioning(str(tmp_path), ports)) and time.monotonic() < deadline:
         time.sleep(0.5)
