@@ -13,7 +13,7 @@ from typing import Any
 from pyflink.common import Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
-from flywheel.events import Rejection, dead_letter, parse_event
+from flywheel.events import Rejection, check_event, dead_letter
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
 
@@ -36,16 +36,8 @@ class ParseEvents(ProcessFunction):
         release()
 
     def process_element(self, value: str, ctx: Any):
-        s = self.settings
         now_ms = int(time.time() * 1000)
-        parsed = parse_event(
-            value,
-            hmac_key=s.hmac_key,
-            now_ms=now_ms,
-            max_bytes=s.max_event_bytes,
-            min_ts_ms=s.min_event_ts_ms,
-            max_future_skew_ms=s.max_future_skew_ms,
-        )
+        parsed = check_event(value, self.settings, now_ms)
         if isinstance(parsed, Rejection):
             self.metrics.dead_letters.labels(parsed.reason).inc()
             self.metrics.events.labels("unknown", "dead_letter").inc()

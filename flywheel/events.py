@@ -27,13 +27,14 @@ from typing import Any
 
 import orjson
 
-from flywheel.settings import ACTIONS
+from flywheel.settings import ACTIONS, Settings
 
 __all__ = [
     "ACTIONS",
     "REJECT_REASONS",
     "Event",
     "Rejection",
+    "check_event",
     "dead_letter",
     "parse_event",
     "pseudonymise",
@@ -135,6 +136,19 @@ def parse_event(
     event_id, user_id, item_id = ids
     assert event_id is not None and user_id is not None and item_id is not None
     return Event(event_id, pseudonymise(user_id, hmac_key), item_id, action, ts, *optional)
+
+
+def check_event(payload: bytes | str, settings: Settings, now_ms: int) -> Event | Rejection:
+    """:func:`parse_event` with the limits and key from ``settings``: the one validation
+    shared by the job and the API."""
+    return parse_event(
+        payload,
+        hmac_key=settings.hmac_key,
+        now_ms=now_ms,
+        max_bytes=settings.max_event_bytes,
+        min_ts_ms=settings.min_event_ts_ms,
+        max_future_skew_ms=settings.max_future_skew_ms,
+    )
 
 
 def _as_id(value: Any) -> str | None:

@@ -6,7 +6,7 @@ in order on one partition) and the payload is the event JSON with the *raw* ``us
 validates and pseudonymises it like any other event.
 
 - :func:`parse_batch` validates a ``POST /v1/events`` body (one event object or an array of at
-  most :data:`MAX_BATCH`) with :func:`flywheel.events.parse_event`, the job's own rules, and
+  most :data:`MAX_BATCH`) with :func:`flywheel.events.check_event`, the job's own rules, and
   refuses the whole batch at the first bad event, naming its index, reason and field.
   ``forget`` is refused there: erasure goes through ``DELETE /v1/users/{user_id}``.
 - :func:`impression_records`: one ``impression`` event per served item, with the extra fields
@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from flywheel.events import Rejection, parse_event, pseudonymise
+from flywheel.events import Rejection, check_event, pseudonymise
 from flywheel.settings import Settings
 
 __all__ = [
@@ -75,14 +75,7 @@ def parse_batch(body: bytes, settings: Settings, now_ms: int) -> list[Record] | 
     records: list[Record] = []
     for index, event in enumerate(events):
         payload = orjson.dumps(event)
-        checked = parse_event(
-            payload,
-            hmac_key=settings.hmac_key,
-            now_ms=now_ms,
-            max_bytes=settings.max_event_bytes,
-            min_ts_ms=settings.min_event_ts_ms,
-            max_future_skew_ms=settings.max_future_skew_ms,
-        )
+        checked = check_event(payload, settings, now_ms)
         if isinstance(checked, Rejection):
             return BadBatch(index, checked.reason, checked.detail)
         if checked.action == "forget":
