@@ -1,0 +1,340 @@
+"""Prequential quality of every strategy on one stream: ``python -m bench.quality``.
+
+::
+
+    python -m bench.quality                                   # completejourney, full stream
+    python -m bench.quality --dataset synthetic --limit 100000
+    python -m bench.quality --dataset otto --path train.jsonl --limit 2000000
+    python -m bench.quality --dataset events.csv --user-col household --item-col sku --ts-col time
+    python -m bench.quality --strategies online_mf_repeat_d3 --discovery-slots 3 \
+        --online-mf-params '{"n_factors": 32}'                 # one strategy, given parameters
+
+Steps: load the stream; tune online MF (and, for fairness, the batch ALS's confidence scale
+and regularisation, and the proposal's repeat weight) on the first ``--tune-fraction`` of its
+time (see :mod:`online_models.tuning`); then run every strategy over the whole stream, one
+after the other, scoring only the events after the tuning slice; print a table; merge the
+figures into ``bench/results/latest.json`` as ``quality.<dataset>.<strategy>.<metric>``; draw
+``bench/results/quality_<dataset>.png`` from every strategy in that file. ``batch_best``
+repeats the batch variant with the best HR@10. ``online_mf_repeat`` is the proposed model
+(:mod:`online_models.repeat_mf`). For the synthetic shop it also compares the final lists with
+the hidden tastes (:mod:`bench.quality_report`). Hourly ALS retraining is available
+(``--schedules batch_hourly``) but too slow for the full completejourney stream on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import LATEST, RESULTS_DIR, Results, merge_results, say
+from bench.quality_report import plot_quality, synthetic_truth
+from connectors.datasets import (
+    ColumnMapping,
+    SyntheticShop,
+    completejourney_events,
+    otto_events,
+    read_table,
+)
+from online_models.batch_als import BatchALSStrategy
+from online_models.cooccurrence import CoOccurrenceStrategy
+from online_models.evaluation import (
+    DEFAULT_SCORE_ACTIONS,
+    Event,
+    PrequentialReport,
+    evaluate,
+    events_from_dicts,
+)
+from online_models.repeat_mf import RepeatAwareMFStrategy
+from online_models.strategies import (
+    DAY_S,
+    OnlineMFStrategy,
+    PopularityStrategy,
+    RiverMFStrategy,
+    Strategy,
+)
+from online_models.tuning import ONLINE_MF_SPACE, tune, tuning_cutoff
+
+__all__ = ["main"]
+
+ALS_SPACE: dict[str, list[Any]] = {"alpha": [1.0, 10.0, 0.25], "regularization": [0.05, 0.5]}
+REPEAT_SPACE: dict[str, list[Any]] = {"repeat_weight": [2.0, 1.0, 4.0, 8.0]}
+SCHEDULES = {"batch_hourly": 3600, "batch_6h": 6 * 3600, "batch_daily": DAY_S}
+COLUMNS = ("hr@10", "ndcg@10", "mrr", "coverage", "hr@10_first_time", "hr@10_repeat")
+SYNTHETIC_USERS, SYNTHETIC_ITEMS, SYNTHETIC_RATE_PER_S = 2000, 5000, 0.5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    _dataset_options(p)
+    p.add_argument("--batch", type=int, default=256, help="micro-batch size (1: exact)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--score-actions",
+        nargs="+",
+        default=sorted(DEFAULT_SCORE_ACTIONS),
+        help="actions whose events are scored (all are learnt)",
+    )
+    p.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="leave out items the user had (default: off for groceries, on for otto)",
+    )
+    p.add_argument("--window-days", type=float, default=7.0, help="popularity window")
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        default=["batch_6h", "batch_daily"],
+        choices=sorted(SCHEDULES),
+        help="batch retrain schedules to run",
+    )
+    p.add_argument("--strategies", nargs="+", help="run only these (default: all)")
+    p.add_argument("--tune-budget", type=int, default=12, help="online-MF configurations")
+    p.add_argument("--tune-fraction", type=float, default=0.2, help="share of time for tuning")
+    for model in ("online-mf", "als"):
+        p.add_argument(f"--{model}-params", type=json.loads, help="JSON: skip tuning, use these")
+    p.add_argument("--repeat-weight", type=float, help="online_mf_repeat: skip tuning, use this")
+    p.add_argument(
+        "--discovery-slots", type=int, default=0, help="online_mf_repeat: places kept for new items"
+    )
+    p.add_argument("--no-save", action="store_true", help="print only: no JSON, no plot")
+    p.add_argument("--plot-only", action="store_true", help="redraw the chart from the JSON")
+    return p
+
+
+def _dataset_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", default="completejourney", help="completejourney|otto|synthetic|PATH"
+    )
+    p.add_argument("--path", help="the OTTO train.jsonl file (--dataset otto)")
+    for field in ("user", "item", "ts", "action"):
+        p.add_argument(f"--{field}-col", help=f"column of the {field} (--dataset PATH)")
+    p.add_argument("--limit", type=int, help="keep the first N events")
+
+
+def load_events(args: argparse.Namespace) -> tuple[str, list[Event], SyntheticShop | None]:
+    """The dataset's name, its events (time-ordered) and, for synthetic data, the shop."""
+    name, shop = args.dataset, None
+    if name == "completejourney":
+        events = events_from_dicts(completejourney_events(limit=args.limit))
+    elif name == "synthetic":
+        shop = SyntheticShop(SYNTHETIC_USERS, SYNTHETIC_ITEMS, rate_per_s=SYNTHETIC_RATE_PER_S)
+        events = events_from_dicts(shop.events(args.limit or 200_000))
+    elif name == "otto":
+        if not args.path:
+            raise SystemExit("--dataset otto needs --path train.jsonl")
+        events = _first(events_from_dicts(otto_events(args.path)), args.limit)
+    else:
+        cols = {f: getattr(args, f"{f}_col") for f in ("user", "item", "ts", "action")}
+        mapping = ColumnMapping(**{f: c for f, c in cols.items() if c})
+        events = _first(events_from_dicts(read_table(name, mapping)), args.limit)
+        name = Path(name).name.split(".")[0]
+    return name, events, shop
+
+
+def _first(events: list[Event], limit: int | None) -> list[Event]:
+    return events if limit is None else events[:limit]
+
+
+def factories(
+    args: argparse.Namespace, chosen: dict[str, Any]
+) -> dict[str, Callable[[], Strategy]]:
+    """Every strategy of the comparison, by name, as a constructor."""
+    window = int(args.window_days * DAY_S)
+    mf, als, repeat = chosen["online_mf"], chosen["batch_als"], chosen["repeat_weight"]
+    made: dict[str, Callable[[], Strategy]] = {
+        "popularity": lambda: PopularityStrategy(window_s=window),
+        "cooccurrence": lambda: CoOccurrenceStrategy(window_s=window),
+        "river_biasedmf": lambda: RiverMFStrategy("biased", window_s=window),
+        "river_funkmf": lambda: RiverMFStrategy("funk", window_s=window),
+        "online_mf": lambda: OnlineMFStrategy(window_s=window, **mf),
+        _repeat_name(args): lambda: RepeatAwareMFStrategy(
+            repeat, discovery_slots=args.discovery_slots, window_s=window, **mf
+        ),
+    }
+    for name in args.schedules:
+        made[name] = functools.partial(
+            BatchALSStrategy, retrain_every_s=SCHEDULES[name], window_s=window, name=name, **als
+        )
+    return made
+
+
+def _repeat_name(args: argparse.Namespace) -> str:
+    """``online_mf_repeat``, with ``_d<slots>`` when discovery slots are kept."""
+    return "online_mf_repeat" + (f"_d{args.discovery_slots}" if args.discovery_slots else "")
+
+
+def _selected(args: argparse.Namespace, name: str) -> bool:
+    return not args.strategies or name in args.strategies
+
+
+def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) -> dict[str, Any]:
+    """Chosen parameters (``online_mf``, ``batch_als``, ``repeat_weight``), each from the
+    tuning slice only, unless given on the command line or not needed by this run."""
+    common: dict[str, Any] = {
+        "fraction": args.tune_fraction,
+        "k": args.k,
+        "batch": args.batch,
+        "exclude_seen": exclude,
+        "score_actions": args.score_actions,
+        "log": say,
+    }
+    window = int(args.window_days * DAY_S)
+    mf = args.online_mf_params
+    mf_needed = _selected(args, "online_mf") or _selected(args, _repeat_name(args))
+    if mf is None and mf_needed and args.tune_budget > 0:
+        make_mf = functools.partial(OnlineMFStrategy, window_s=window)
+        mf = tune(
+            lambda p: make_mf(**p), ONLINE_MF_SPACE, events, budget=args.tune_budget, **common
+        )[0].params
+    als = args.als_params
+    if als is None and any(_selected(args, s) for s in args.schedules):
+        make_als = functools.partial(
+            BatchALSStrategy, min(SCHEDULES[s] for s in args.schedules), window_s=window
+        )
+        als = tune(lambda p: make_als(**p), ALS_SPACE, events, budget=6, **common)[0].params
+    repeat = args.repeat_weight
+    if repeat is None and _selected(args, _repeat_name(args)):
+        make_rep = functools.partial(
+            RepeatAwareMFStrategy,
+            discovery_slots=args.discovery_slots,
+            window_s=window,
+            **(mf or {}),
+        )
+        best = tune(lambda p: make_rep(**p), REPEAT_SPACE, events, budget=4, **common)[0]
+        repeat = best.params["repeat_weight"]
+    return {"online_mf": mf or {}, "batch_als": als or {}, "repeat_weight": repeat or 0.0}
+
+
+def run_all(
+    args: argparse.Namespace,
+    events: list[Event],
+    made: dict[str, Callable[[], Strategy]],
+    exclude: bool,
+) -> tuple[dict[str, PrequentialReport], dict[str, Strategy]]:
+    """Evaluate each strategy on the same events, scoring after the tuning slice."""
+    cutoff = tuning_cutoff(events, args.tune_fraction)
+    reports, kept = {}, {}
+    for name, make in made.items():
+        if not _selected(args, name):
+            continue
+        strategy = make()
+        reports[name] = evaluate(
+            strategy,
+            events,
+            k=args.k,
+            batch=args.batch,
+            score_actions=args.score_actions,
+            exclude_seen=exclude,
+            score_from_ts=cutoff,
+        )
+        kept[name] = strategy
+        m = reports[name].metrics()
+        say(f"{name}: hr@{args.k} {m[f'hr@{args.k}']:.4f} in {reports[name].seconds:.0f} s")
+    return reports, kept
+
+
+def flatten(
+    dataset: str, reports: dict[str, PrequentialReport], kept: dict[str, Strategy]
+) -> Results:
+    """``quality.<dataset>.<strategy>.<metric>`` keys, ``batch_best`` included."""
+    out: Results = {}
+    for name, report in reports.items():
+        for key, value in report.metrics().items():
+            out[f"quality.{dataset}.{name}.{key}"] = value
+        strategy = kept[name]
+        if isinstance(strategy, BatchALSStrategy):
+            out[f"quality.{dataset}.{name}.trainings"] = strategy.trainings
+            out[f"quality.{dataset}.{name}.train_s"] = round(strategy.train_seconds, 1)
+    batches = [n for n in reports if n.startswith("batch_")]
+    if batches:
+        best = max(batches, key=lambda n: reports[n].slice("all").hr)
+        for key, value in reports[best].metrics().items():
+            out[f"quality.{dataset}.batch_best.{key}"] = value
+        out[f"quality.{dataset}.batch_best.is"] = best
+    return out
+
+
+def table(reports: dict[str, PrequentialReport], k: int) -> str:
+    """The comparison as a text table, one strategy a line."""
+    cols = [c.replace("@10", f"@{k}") for c in COLUMNS]
+    head = f"{'strategy':<16}" + "".join(f"{c:>18}" for c in cols) + f"{'events/s':>12}"
+    lines = [head, "-" * len(head)]
+    for name, report in reports.items():
+        m = report.metrics()
+        cells = "".join(f"{m.get(c, 0.0):>18.4f}" for c in cols)
+        lines.append(f"{name:<16}{cells}{m['events_per_s']:>12,.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Tune, evaluate, print, save."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if args.plot_only:
+        name = Path(args.dataset).name.split(".")[0]
+        path = RESULTS_DIR / f"quality_{name}.png"
+        say(f"plot {plot_quality(merge_results({}), name, args.k, path)}")
+        return 0
+    started = time.perf_counter()
+    dataset, events, shop = load_events(args)
+    exclude = args.exclude_seen if args.exclude_seen is not None else dataset == "otto"
+    say(f"{dataset}: {len(events):,} events, exclude_seen={exclude}")
+    chosen = tune_models(args, events, exclude)
+    say(f"chosen: {chosen}")
+    reports, kept = run_all(args, events, factories(args, chosen), exclude)
+    results = flatten(dataset, reports, kept)
+    if shop is not None:
+        results.update(synthetic_truth(shop, events, kept, dataset, args.k))
+    cutoff = tuning_cutoff(events, args.tune_fraction)
+    results.update(_meta(args, dataset, argv, len(events), cutoff, chosen, exclude, started))
+    print(table(reports, args.k), flush=True)
+    extra = (".truth.", ".trainings", ".train_s")
+    for key in sorted(k for k in results if any(x in k for x in extra)):
+        print(f"{key} = {results[key]}")
+    if not args.no_save:
+        merged = merge_results(results)
+        plot = plot_quality(merged, dataset, args.k, RESULTS_DIR / f"quality_{dataset}.png")
+        say(f"results merged into {LATEST}" + (f"; plot {plot}" if plot else ""))
+    return 0
+
+
+def _meta(
+    args: argparse.Namespace,
+    dataset: str,
+    argv: list[str],
+    n_events: int,
+    cutoff: int,
+    chosen: dict[str, Any],
+    exclude: bool,
+    started: float,
+) -> Results:
+    """Run facts: under ``quality.<dataset>.`` for a run of every strategy, else under each
+    strategy run (so a partial run does not relabel the others' figures)."""
+    facts: Results = {
+        "command": " ".join(["python -m bench.quality", *argv]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "events": n_events,
+        "events_scored_from_ts": cutoff,
+        "exclude_seen": int(exclude),
+        "chosen_params": json.dumps(chosen, sort_keys=True),
+        "run_s": round(time.perf_counter() - started, 1),
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    prefixes = [f"quality.{dataset}"]
+    if args.strategies:
+        prefixes = [f"quality.{dataset}.{name}" for name in args.strategies]
+    return {f"{p}.{key}": value for p in prefixes for key, value in facts.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
