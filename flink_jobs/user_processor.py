@@ -126,8 +126,10 @@ class UserProcessor(KeyedBroadcastProcessFunction):
                 self.metrics.model_updates.inc()
         self.user_state.update(encode_state(state))
         self.metrics.events.labels(action, "accepted").inc()
+        queued = user in self.queue.dirty
         due = self.queue.mark(user, state, self.settings, ingest, ts)
-        ctx.timer_service().register_processing_time_timer(due)
+        if not queued:  # one timer per user per batch (a re-registration is a wasted call)
+            ctx.timer_service().register_processing_time_timer(due)
         if self.queue.is_due(int(time.time() * 1000)):
             self._refresh()
         yield from self._publish(force=False)
