@@ -87,3 +87,18 @@ def test_top_n_matches_a_full_sort() -> None:
     full = u @ q.T + b
     np.testing.assert_array_equal(rows, np.argsort(-full, axis=1, kind="stable")[:, :10])
     np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :10], rtol=1e-6)
+
+
+def test_prefiltered_top_n_is_exact_on_a_large_catalogue() -> None:
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(20_000, 8)).astype(np.float32)
+    b = rng.normal(size=20_000).astype(np.float32)
+    u = rng.normal(size=(40, 8)).astype(np.float32)
+    u[0] = 0.0  # all scores equal to the bias: many near-ties
+    exclude = [list(range(i, 3000, 3)) for i in range(40)]
+    rows, scores = top_n(u, q, b, 50, exclude)
+    full = u @ q.T + b
+    for i, skip in enumerate(exclude):
+        full[i, skip] = -np.inf
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1, kind="stable")[:, :50])
+    np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :50], rtol=1e-6)
