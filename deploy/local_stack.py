@@ -363,8 +363,9 @@ class LocalStack:
         return Path(self.settings.var_dir) / "logs"
 
     def scrape_targets(self) -> dict[str, list[str]]:
-        """Prometheus jobs ``flywheel`` and ``flink`` (a port of 0 means no job)."""
-        ports = {"flywheel": self.settings.metrics_port, "flink": self.settings.flink_metrics_port}
+        """Prometheus jobs ``flywheel``, ``flink`` and ``api`` (a port of 0 means no job)."""
+        s = self.settings
+        ports = {"flywheel": s.metrics_port, "flink": s.flink_metrics_port, "api": s.api_port}
         return {job: [f"{HOST}:{port}"] for job, port in ports.items() if port}
 
     def start(self) -> LocalStack:
