@@ -104,7 +104,7 @@ def plot_quality(results: Mapping[str, Value], dataset: str, k: int, path: Path)
         else f"Prequential quality on {dataset}"
     )
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
