@@ -18,6 +18,7 @@ Flink job keeps user vectors in its own keyed state instead and calls :meth:`Imp
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from river.reco.base import Ranker
 from scipy.special import expit
 
 from online_models.initializers import KeyedNormal
-from online_models.item_table import ItemTable, stable_seed
+from online_models.item_table import ItemTable
 
 __all__ = ["DEFAULT_ACTION_WEIGHTS", "ImplicitMF", "ItemDeltas"]
 
@@ -42,6 +43,18 @@ class ItemDeltas:
     items: list[str]
     factors: np.ndarray
     bias: np.ndarray
+
+
+def stable_seed(key: str, seed: int) -> int:
+    """A 32-bit seed derived from ``key`` and ``seed``, equal in every process.
+
+    >>> stable_seed("sku-1", 42) == stable_seed("sku-1", 42)
+    True
+    """
+    digest = hashlib.blake2b(
+        key.encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True)
+    )
+    return int.from_bytes(digest.digest()[:4], "little")
 
 
 class ImplicitMF(Ranker):

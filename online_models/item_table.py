@@ -13,31 +13,17 @@ initialises an item identically without coordination.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from online_models.initializers import KeyedNormal
 
-__all__ = ["CatalogueFull", "ItemTable", "stable_seed"]
+__all__ = ["CatalogueFull", "ItemTable"]
 
 _INITIAL_CAPACITY = 1024
 
 
 class CatalogueFull(RuntimeError):
     """The item table holds ``max_items`` items already."""
-
-
-def stable_seed(key: str, seed: int) -> int:
-    """A 32-bit seed derived from ``key`` and ``seed``, equal in every process.
-
-    >>> stable_seed("sku-1", 42) == stable_seed("sku-1", 42)
-    True
-    """
-    digest = hashlib.blake2b(
-        key.encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True)
-    )
-    return int.from_bytes(digest.digest()[:4], "little")
 
 
 class ItemTable:
