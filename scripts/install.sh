@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer, run by every Makefile target. Fast when everything is in place.
-#  - system packages: redis-server, prometheus (+ promtool), a Java runtime for PyFlink;
+#  - system packages: redis-server, prometheus (+ promtool), a Java runtime for PyFlink,
+#    chromium + chromium-driver (the web page's end-to-end test);
 #    their Debian services are stopped and disabled: the local stack runs its own instances.
 #  - .venv with Python 3.11; `pip install -e '.[dev]'` again only when pyproject.toml changed.
 #  - checks the Flink Kafka connector jar and the Tansu broker binary are in the venv.
@@ -77,6 +78,9 @@ install_system_packages() {
         missing+=(prometheus)
     fi
     command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+    # headless Chromium and its WebDriver: the web page's end-to-end test drives them
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
         stop_package_service redis-server redis redis-server

@@ -8,10 +8,13 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``POST /v1/events``: one event or an array of at most 1000, validated with the job's rules
   (:func:`serving.ingest.parse_batch`); all are produced, or none (400/422 naming the event
   index and field). 202 once the broker acknowledged them.
+- ``GET /v1/users/{user_id}/features``: the user's windowed features as the job wrote them
+  (404 naming the user when there are none).
 - ``DELETE /v1/users/{user_id}``: produces a ``forget`` tombstone (the job then clears the
   user's Flink state) and deletes the user's Redis keys at once. 202.
 - ``GET /healthz``: Redis, Kafka and job checks; 503 when Redis or Kafka is down.
 - ``GET /metrics``: the API's Prometheus metrics (:mod:`serving.metrics`).
+- ``GET /`` and ``/ui/``: a small web page over these endpoints (:mod:`serving.web`).
 
 Bad input is a 4xx naming the field, never a 5xx; an unreachable Redis or Kafka is a 503.
 Clients (a Redis pool, a Kafka producer created on first use) are opened and closed by the
@@ -29,7 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -45,6 +48,7 @@ from serving.kafka_sink import KafkaSink, SinkError
 from serving.metrics import ApiMetrics, endpoint_of
 from serving.recommend import RecRequest, recommend
 from serving.store import RedisStore
+from serving.web import add_web_page
 
 __all__ = ["MAX_K", "create_app", "serve"]
 
@@ -104,6 +108,16 @@ class Accepted(BaseModel):
     accepted: int
 
 
+class UserFeatures(BaseModel):
+    """A user's windowed features (the job's ``{prefix}:features:{user}`` value)."""
+
+    user_id: str
+    features: dict[str, Any] = Field(
+        description="n_events, max_ts, late, windows (counts by action per window), totals, "
+        "categories, recent (newest last), purchased, factors"
+    )
+
+
 class Forgotten(BaseModel):
     """The tombstone produced and the Redis keys deleted."""
 
@@ -153,7 +167,9 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> FastAPI
     app.add_exception_handler(SinkError, _unavailable("Kafka"))
     _add_recommendations(app, settings, clients, metrics)
     _add_events(app, settings, clients, metrics)
+    _add_features(app, settings, clients)
     _add_operations(app, settings, clients, metrics)
+    add_web_page(app)
     return app
 
 
@@ -249,6 +265,28 @@ def _add_events(app: FastAPI, settings: Settings, clients: _Clients, metrics: Ap
         await sink.deliver([forget_record(user_id, event_id, settings.hmac_key, _now_ms())])
         deleted = await store.forget(pseudonymise(user_id, settings.hmac_key))
         return Forgotten(user_id=user_id, event_id=event_id, deleted_keys=deleted)
+
+
+def _add_features(app: FastAPI, settings: Settings, clients: _Clients) -> None:
+    @app.get(
+        "/v1/users/{user_id}/features",
+        response_model=UserFeatures,
+        responses={404: {"description": "the job has written no features for this user"}},
+        tags=["users"],
+    )
+    async def features(
+        user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
+    ) -> UserFeatures:
+        """The user's windowed features, read from Redis under the user's pseudonym."""
+        store, _ = clients.get()
+        found = await store.features(pseudonymise(user_id, settings.hmac_key))
+        if found is None:
+            detail = (
+                f"no features for user {user_id!r}: the job has not seen an event of this "
+                "user yet, or the user was forgotten or expired"
+            )
+            raise HTTPException(status_code=404, detail=detail)
+        return UserFeatures(user_id=user_id, features=found)
 
 
 def _add_operations(

@@ -18,8 +18,10 @@ ENDPOINTS: tuple[str, ...] = (
     "/v1/recommendations",
     "/v1/events",
     "/v1/users/{user_id}",
+    "/v1/users/{user_id}/features",
     "/healthz",
     "/metrics",
+    "/ui",
     "other",
 )
 _SUCCESS = {"/v1/events": "202", "/v1/users/{user_id}": "202"}
@@ -31,9 +33,15 @@ def endpoint_of(path: str) -> str:
 
     >>> endpoint_of("/v1/users/alice"), endpoint_of("/v1/recommendations"), endpoint_of("/x")
     ('/v1/users/{user_id}', '/v1/recommendations', 'other')
+    >>> endpoint_of("/v1/users/alice/features"), endpoint_of("/"), endpoint_of("/ui/app.js")
+    ('/v1/users/{user_id}/features', '/ui', '/ui')
     """
     if path.startswith("/v1/users/"):
+        if path.endswith("/features"):
+            return "/v1/users/{user_id}/features"
         return "/v1/users/{user_id}"
+    if path == "/" or path == "/ui" or path.startswith("/ui/"):
+        return "/ui"
     return path if path in ENDPOINTS else "other"
 
 

@@ -1,8 +1,9 @@
 """The API's asynchronous view of Flywheel's Redis keys (layout: :mod:`connectors.redis_lists`).
 
 One ``MGET`` per recommendation request reads the user's home list, the user's features and
-the trending list together. Values the job wrote are decoded here; an undecodable value is
-logged and treated as missing, so a bad key degrades one answer to trending, never to an error.
+the trending list together; one ``GET`` reads a user's features alone (the web page). Values
+the job wrote are decoded here; an undecodable value is logged and treated as missing, so a
+bad key degrades one answer to trending, never to an error.
 The client's connection pool is the only state; it is closed by :meth:`RedisStore.close`.
 """
 
@@ -54,6 +55,11 @@ class RedisStore:
             features=_decode(keys[1], raw_features, _json_object),
             trending=_decode(keys[2], raw_trending, _ranked) or [],
         )
+
+    async def features(self, user: str) -> dict[str, Any] | None:
+        """The user's windowed features as the job wrote them; ``None`` when there are none."""
+        key = features_key(self.prefix, user)
+        return _decode(key, await self.client.get(key), _json_object)
 
     async def forget(self, user: str) -> int:
         """Delete the user's lists of every scene and features; the number of keys deleted."""
