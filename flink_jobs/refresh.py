@@ -18,10 +18,11 @@ import numpy as np
 from connectors.redis_lists import RecList, encode_rec_list
 from flink_jobs.user_state import UserState
 from flywheel.settings import Settings
+from online_models.candidates import ClusteredIndex
 from online_models.item_table import ItemTable
 from online_models.topn import top_n
 
-__all__ = ["DirtyUser", "RefreshQueue", "build_lists"]
+__all__ = ["DirtyUser", "RefreshQueue", "build_lists", "make_index"]
 
 
 @dataclass(slots=True)
@@ -111,14 +112,25 @@ def _features_view(state: UserState) -> dict[str, object]:
     return view
 
 
+def make_index(settings: Settings) -> ClusteredIndex | None:
+    """The clustered index the settings ask for (``None`` when retrieval is always exact)."""
+    if settings.topn_index == "exact":
+        return None
+    return ClusteredIndex(
+        n_probe=settings.ann_probe, refresh_s=settings.ann_refresh_s, seed=settings.seed
+    )
+
+
 def build_lists(
     batch: dict[str, DirtyUser],
     items: ItemTable,
     trending: list[tuple[str, float]],
     settings: Settings,
+    index: ClusteredIndex | None = None,
 ) -> list[tuple[str, str, bytes]]:
-    """``(user, strategy, list JSON)`` for every user in ``batch``: one matrix product for all
-    warm users; cold users (fewer than ``cold_user_events`` events) get ``trending``."""
+    """``(user, strategy, list JSON)`` for every user in ``batch``: one retrieval for all warm
+    users (exact, or through ``index`` when the settings select it for this catalogue size);
+    cold users (fewer than ``cold_user_events`` events) get ``trending``."""
     now = int(time.time() * 1000)
     warm = [
         u
@@ -131,13 +143,17 @@ def build_lists(
         exclude = [
             [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
         ]
-        rows, scores = top_n(vectors, items.factors, items.bias, settings.top_n, exclude)
-        for user, user_rows, user_scores in zip(warm, rows, scores, strict=True):
-            ranked = [
-                (items.ids[r], round(float(s), 5))
-                for r, s in zip(user_rows.tolist(), user_scores.tolist(), strict=True)
-                if s != -np.inf
-            ]
+        rows, scores = _retrieve(vectors, items, exclude, settings, index)
+        ids = items.ids
+        for user, user_rows, user_scores in zip(warm, rows, np.round(scores, 5), strict=True):
+            kept = user_scores != -np.inf
+            ranked = list(
+                zip(
+                    [ids[r] for r in user_rows[kept].tolist()],
+                    user_scores[kept].tolist(),
+                    strict=True,
+                )
+            )
             out.append((user, "online_mf", _encode(user, "online_mf", batch[user], ranked, now)))
     for user, dirty in batch.items():
         if user not in warm or not len(items):
@@ -145,6 +161,26 @@ def build_lists(
             ranked = [(i, s) for i, s in trending if i not in seen][: settings.top_n]
             out.append((user, "trending", _encode(user, "trending", dirty, ranked, now)))
     return out
+
+
+def uses_index(settings: Settings, n_items: int) -> bool:
+    """Whether lists over ``n_items`` items come from the clustered index."""
+    if settings.topn_index == "auto":
+        return n_items >= settings.ann_min_items
+    return settings.topn_index == "clustered"
+
+
+def _retrieve(
+    vectors: np.ndarray,
+    items: ItemTable,
+    exclude: list[list[int]],
+    settings: Settings,
+    index: ClusteredIndex | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    if index is not None and uses_index(settings, len(items)):
+        index.maybe_refresh(items.factors, items.bias, time.monotonic())
+        return index.search(vectors, items.factors, items.bias, settings.top_n, exclude)
+    return top_n(vectors, items.factors, items.bias, settings.top_n, exclude)
 
 
 def _encode(

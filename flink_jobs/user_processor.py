@@ -9,7 +9,8 @@ State: the per-user :class:`~flink_jobs.user_state.UserState` (keyed ``ValueStat
 the shared item table (broadcast ``MapState``: item id -> float32 factors + bias, see
 :mod:`flink_jobs.item_sync`), pending processing-time timers (one per dirty user, aligned to the
 coalescing interval). In memory only, rebuilt after a restore: the local item table, the
-refresh queue and the windowed trending counts (trending restarts empty after a restore and
+clustered top-N index (:mod:`online_models.candidates`), the refresh queue and the windowed
+trending counts (trending restarts empty after a restore and
 refills from new events).
 """
 
@@ -24,6 +25,7 @@ from pyflink.common import Types
 from pyflink.common.time import Time
 from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from threadpoolctl import threadpool_limits
 
 from connectors.redis_lists import (
     SCENES,
@@ -33,7 +35,7 @@ from connectors.redis_lists import (
     rec_suffix,
 )
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
-from flink_jobs.refresh import RefreshQueue, build_lists
+from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
@@ -82,6 +84,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.replica = ItemReplica(self.model.items, _subtask_index(runtime_context))
         self.popularity = WindowedPopularity(s.trending_window_s)
         self.queue = RefreshQueue(s.coalesce_ms, _MAX_BATCH_USERS)
+        self.index = make_index(s)
+        threadpool_limits(s.blas_threads, "blas")  # process-wide: small products, shared cores
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
@@ -124,12 +128,15 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             else:
                 self.replica.record_own(deltas, weight, ts)
                 self.metrics.model_updates.inc()
+                if self.index is not None:
+                    self.index.note_positives((self.model.items.index[item],))
         self.user_state.update(encode_state(state))
         self.metrics.events.labels(action, "accepted").inc()
-        queued = user in self.queue.dirty
-        due = self.queue.mark(user, state, self.settings, ingest, ts)
-        if not queued:  # one timer per user per batch (a re-registration is a wasted call)
-            ctx.timer_service().register_processing_time_timer(due)
+        if weight > 0:  # impressions change no ranking: no refresh (they are the most events)
+            queued = user in self.queue.dirty
+            due = self.queue.mark(user, state, self.settings, ingest, ts)
+            if not queued:  # one timer per user per batch (a re-registration is a wasted call)
+                ctx.timer_service().register_processing_time_timer(due)
         if self.queue.is_due(int(time.time() * 1000)):
             self._refresh()
         yield from self._publish(force=False)
@@ -145,9 +152,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         for item, weight, ts in zip(batch.items, batch.weights, batch.ts, strict=True):
             if weight > 0:
                 self.popularity.add(item, float(weight), int(ts))
-        items_state = ctx.get_broadcast_state(ITEMS_DESCRIPTOR)
-        for item in changed:
-            items_state.put(item, self.replica.shared_entry(item))
+        if changed:  # one call into the state backend per batch, not one per item
+            entries = {item: self.replica.shared_entry(item) for item in changed}
+            ctx.get_broadcast_state(ITEMS_DESCRIPTOR).put_all(entries)
         self.metrics.item_sync_batches.labels("received").inc()
         self.metrics.items.set(len(self.model.items))
         yield from ()
@@ -189,7 +196,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     def _refresh(self) -> None:
         started = time.perf_counter()
         batch = self.queue.take()
-        lists = build_lists(batch, self.model.items, self._current_trending(), self.settings)
+        items, trending = self.model.items, self._current_trending()
+        lists = build_lists(batch, items, trending, self.settings, self.index)
         entries = []
         for user, strategy, value in lists:
             entries.append((rec_suffix("home", user), value))

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     cold_user_events: int = Field(3, ge=0, description="users with fewer events get trending")
     trending_window_s: int = Field(86400, ge=60, description="window of trending popularity")
     item_sync_flush_ms: int = Field(50, ge=1, description="max delay of item-delta batches")
+    topn_index: Literal["auto", "exact", "clustered"] = Field(
+        "auto", description="top-N retrieval: exact, clustered (approximate), auto by size"
+    )
+    ann_min_items: int = Field(50_000, ge=1, description="auto: clustered from this many items")
+    ann_probe: int = Field(8, ge=1, description="clusters scored per list (clustered index)")
+    ann_refresh_s: float = Field(30.0, gt=0, description="clustered index reassignment period")
+    blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per job process")
 
     # --- Flink ---------------------------------------------------------------------------
     parallelism: int = Field(1, ge=1, le=256, description="Flink parallelism of the job")

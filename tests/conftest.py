@@ -108,10 +108,12 @@ def running_job(
     broker: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningJob]:
     """One job for the session (tests share it: each uses its own users), scraped by a real
-    Prometheus server that scrapes both the job's own metrics and Flink's reporter."""
+    Prometheus server that scrapes both the job's own metrics and Flink's reporter. Lists
+    come from the clustered index (the path large catalogues take), so the live tests run it
+    inside Flink; on these small catalogues its candidates cover every item."""
     tag = uuid.uuid4().hex[:8]
     var = tmp_path_factory.mktemp("job")
-    settings = job_settings(broker, redis_url, tag, var)
+    settings = job_settings(broker, redis_url, tag, var, topn_index="clustered")
     create_topics(broker, [settings.events_topic, settings.dlq_topic, settings.item_sync_topic])
     job = JobProcess(settings, var / "job.log").start()
     targets = {
