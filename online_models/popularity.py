@@ -11,6 +11,8 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+import numpy as np
+
 __all__ = ["WindowedPopularity"]
 
 BUCKETS = 24
@@ -49,7 +51,15 @@ class WindowedPopularity:
 
     def top(self, n: int) -> list[tuple[str, float]]:
         """The ``n`` items with the largest windowed weight, best first (ties by item id)."""
-        best = heapq.nsmallest(n, self._totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        totals = self._totals
+        if len(totals) <= 8 * n:
+            best = heapq.nsmallest(n, totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        else:  # large catalogues: a vectorised cut at the n-th score, then sort only the rest
+            items = list(totals)
+            scores = np.fromiter(totals.values(), np.float64, len(items))
+            cut = np.partition(scores, len(items) - n)[len(items) - n]
+            kept = [(items[i], totals[items[i]]) for i in np.flatnonzero(scores >= cut).tolist()]
+            best = sorted(kept, key=lambda kv: (-kv[1], kv[0]))[:n]
         return [(item, round(score, 6)) for item, score in best]
 
     def __len__(self) -> int:
