@@ -47,4 +47,5 @@ class ParseEvents(ProcessFunction):
         yield (
             parsed.event_id, parsed.user, parsed.item, parsed.action, parsed.ts,
             parsed.scene, parsed.category, parsed.brand, parsed.price, int(ingest),
+            parsed.experiment, parsed.arm,
         )  # fmt: skip

@@ -6,6 +6,7 @@ Output: item-delta batches (text) for the item-sync topic. Lists go to Redis dir
 refresh, since a list write is an idempotent overwrite.
 
 State: the per-user :class:`~flink_jobs.user_state.UserState` (keyed ``ValueState`` with TTL),
+when an experiment runs the user's last impressions (:mod:`flink_jobs.arm_tracker`),
 the shared item table (broadcast ``MapState``: item id -> float32 factors + bias, see
 :mod:`flink_jobs.item_sync`), pending processing-time timers (one per dirty user, aligned to the
 coalescing interval). In memory only, rebuilt after a restore: the local item table, the
@@ -34,6 +35,7 @@ from connectors.redis_lists import (
     features_suffix,
     rec_suffix,
 )
+from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.user_state import decode_state, encode_state
@@ -45,10 +47,11 @@ from online_models.popularity import WindowedPopularity
 
 __all__ = ["EVENT_TYPE", "ITEMS_DESCRIPTOR", "UserProcessor"]
 
-# event_id, user, item, action, ts, scene, category, brand, price, ingest_ms
+# event_id, user, item, action, ts, scene, category, brand, price, ingest_ms, experiment, arm
 EVENT_TYPE = Types.TUPLE(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
-     Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG()]
+     Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(),
+     Types.STRING(), Types.STRING()]
 )  # fmt: skip
 # State values are our own compact bytes. PICKLED_BYTE_ARRAY carries them as they are: in
 # thread mode PRIMITIVE_ARRAY(BYTE) is converted element by element (and fails on empty state).
@@ -90,6 +93,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
         serve(s.metrics_port, s.metrics_bind)
+        experiment = s.experiment_spec
+        self.arms = ArmTracker(s, experiment, runtime_context, self.metrics) if experiment else None
         self._restored = False
         self._last_publish = time.monotonic()
         self._trending: list[tuple[str, float]] = []
@@ -97,6 +102,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     def close(self) -> None:
         release()
+        arms = getattr(self, "arms", None)
+        if arms is not None:
+            arms.close()
         client = getattr(self, "redis", None)
         if client is not None:
             client.close()
@@ -104,7 +112,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     # --- input 1: events -------------------------------------------------------------------
     def process_element(self, value: tuple[Any, ...], ctx: Any):
         self._restore_items(ctx)
-        event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value
+        event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value[:10]
         if action == "forget":
             self._forget(user)
             return
@@ -113,6 +121,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             self.metrics.events.labels(action, "duplicate").inc()
             return
         state.recent_ids.append(event_id)
+        if self.arms:  # per-arm counts of the experiment (impressions, attributed actions)
+            self.arms.observe(action, item, ts, value[10], value[11])
         del state.recent_ids[: -self.settings.dedupe_window or None]
         state.n_events += 1
         if not state.features.add(item, action, ts, category):
@@ -176,6 +186,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     def _forget(self, user: str) -> None:
         """Right to be forgotten: drop the user's state, queued refresh and Redis keys."""
         self.user_state.clear()
+        if self.arms:
+            self.arms.forget()
         self.queue.dirty.pop(user, None)
         prefix = self.settings.redis_prefix
         keys = [f"{prefix}:{rec_suffix(scene, user)}" for scene in SCENES]

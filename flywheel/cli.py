@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_job(commands)
     _add_api(commands)
+    _add_ab_report(commands)
     return parser
 
 
@@ -157,6 +158,19 @@ def _add_api(commands: Any) -> None:
     api.add_argument("--host", help="address to bind (default: FLYWHEEL_API_HOST)")
     api.add_argument("--port", type=int, help="port (default: FLYWHEEL_API_PORT)")
     api.set_defaults(handler=_api)
+
+
+def _add_ab_report(commands: Any) -> None:
+    report = commands.add_parser(
+        "ab-report",
+        help="per-arm CTR and conversion of an experiment, and their significance",
+        description="Reads the per-arm counts the job writes to Redis and prints impressions, "
+        "CTR and conversion with 95% intervals, and each arm against the control: z-test "
+        "p-value and probability to beat it.",
+    )
+    report.add_argument("--experiment", help="experiment name (default: FLYWHEEL_EXPERIMENT's)")
+    report.add_argument("--control", help="control arm (default: the experiment's first arm)")
+    report.set_defaults(handler=_ab_report)
 
 
 def _action_map(text: str) -> dict[str, str]:
@@ -276,6 +290,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     run_stack(settings, args)
     return 0
+
+
+def _ab_report(settings: Settings, args: argparse.Namespace) -> int:
+    from flywheel.ab_report import run
+
+    return run(settings, args.experiment, args.control)
 
 
 def _job(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ An event is one JSON object on the ``events`` topic, keyed by user id::
 ``event_id``, ``user_id``, ``item_id`` (non-empty strings of at most 128 characters; integers
 are accepted and turned into strings), ``action`` (one of :data:`ACTIONS`) and ``ts`` (epoch
 milliseconds, integer) are required; ``scene``, ``category``, ``brand`` (strings) and ``price``
-(non-negative number) are optional. Anything else in the object is ignored.
+(non-negative number) are optional; so are ``experiment`` and ``arm`` (strings the API sets on
+the impressions of an experiment's lists, see :mod:`online_models.experiments`). Anything else
+in the object (e.g. an impression's ``request_id``, ``strategy``, ``position``, ``propensity``)
+is ignored.
 
 :func:`parse_event` never raises on bad input: it returns an :class:`Event` or a
 :class:`Rejection` whose ``reason`` is one of :data:`REJECT_REASONS` (a bounded set, safe as a
@@ -51,7 +54,7 @@ REJECT_REASONS: tuple[str, ...] = (
 )
 MAX_ID_CHARS = 128
 _REQUIRED = ("event_id", "user_id", "item_id", "action", "ts")
-_OPTIONAL_STR = ("scene", "category", "brand")
+_OPTIONAL_STR = ("scene", "category", "brand", "experiment", "arm")
 _ACTION_SET = frozenset(ACTIONS)
 
 
@@ -68,6 +71,8 @@ class Event:
     category: str = ""
     brand: str = ""
     price: float = -1.0
+    experiment: str = ""
+    arm: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +166,8 @@ def _as_id(value: Any) -> str | None:
     return None
 
 
-def _optional_fields(obj: dict[str, Any]) -> tuple[str, str, str, float] | Rejection:
+def _optional_fields(obj: dict[str, Any]) -> tuple[str, str, str, float, str, str] | Rejection:
+    """``scene, category, brand, price, experiment, arm`` (``""`` and ``-1.0`` when absent)."""
     texts = []
     for name in _OPTIONAL_STR:
         value = obj.get(name)
@@ -171,12 +177,13 @@ def _optional_fields(obj: dict[str, Any]) -> tuple[str, str, str, float] | Rejec
             texts.append(value)
         else:
             return Rejection("wrong_type", f"{name} must be a string of <= 128 chars")
+    scene, category, brand, experiment, arm = texts
     price = obj.get("price")
     if price is None:
-        return texts[0], texts[1], texts[2], -1.0
+        return scene, category, brand, -1.0, experiment, arm
     if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
         return Rejection("wrong_type", "price must be a non-negative number")
-    return texts[0], texts[1], texts[2], float(price)
+    return scene, category, brand, float(price), experiment, arm
 
 
 def dead_letter(payload: bytes | str, rejection: Rejection, now_ms: int) -> bytes:

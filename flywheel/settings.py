@@ -9,16 +9,21 @@ frozen and passed down explicitly: no module reads ``os.environ`` on its own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ACTIONS", "Settings", "SettingsError", "load_settings"]
+if TYPE_CHECKING:
+    from online_models.experiments import Experiment
+
+__all__ = ["ACTIONS", "STRATEGIES", "Settings", "SettingsError", "load_settings"]
 
 ACTIONS: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "impression", "forget")
 """Every action an event may carry: shopper actions in order of increasing intent, then
 ``impression`` (a list was shown) and ``forget`` (erase everything derived from the user)."""
+STRATEGIES: tuple[str, ...] = ("online_mf", "trending")
+"""Strategies the API can serve, and so the arms an experiment may compare."""
 
 ENV_PREFIX = "FLYWHEEL_"
 DEV_HMAC_KEY = "flywheel-dev-key-change-me"
@@ -114,6 +119,19 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1, description="default diversity of served lists, 0 = relevance order"
     )
 
+    # --- experiments ---------------------------------------------------------------------
+    experiment: str = Field(
+        "off",
+        description="experiment between strategies: off, NAME:ab|bandit:ARM=W,ARM=W[:SCENES], "
+        "or JSON (online_models.experiments.parse_experiment)",
+    )
+    attribution_window_s: int = Field(
+        86400, ge=1, description="actions credited to an impression at most this much later"
+    )
+    attribution_impressions_max: int = Field(
+        100, ge=1, le=10_000, description="impressions kept per user for attribution"
+    )
+
     # --- embedded stack ------------------------------------------------------------------
     prometheus_port: int = Field(9090, ge=1, le=65535, description="local Prometheus port")
     var_dir: Path = Field(Path("var"), description="logs and data of the local stack")
@@ -123,6 +141,15 @@ class Settings(BaseSettings):
     def _windows_sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value or any(w <= 0 for w in value) or list(value) != sorted(set(value)):
             raise ValueError("windows must be positive, distinct and ascending, e.g. 3600,86400")
+        return value
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_valid(cls, value: str) -> str:
+        if value.strip().lower() not in ("", "off"):
+            from online_models.experiments import parse_experiment
+
+            parse_experiment(value, STRATEGIES)
         return value
 
     @field_validator("kafka_bootstrap")
@@ -157,6 +184,15 @@ class Settings(BaseSettings):
             "add_to_cart": self.weight_add_to_cart,
             "purchase": self.weight_purchase,
         }
+
+    @property
+    def experiment_spec(self) -> Experiment | None:
+        """The parsed experiment (validated at start-up), ``None`` when it is ``off``."""
+        if self.experiment.strip().lower() in ("", "off"):
+            return None
+        from online_models.experiments import parse_experiment
+
+        return parse_experiment(self.experiment, STRATEGIES)
 
     def with_overrides(self, **values: object) -> Settings:
         """A validated copy with some values replaced (used by CLIs and tests)."""

@@ -3,7 +3,9 @@
 The Flink job's Python functions record into :class:`JobMetrics`; :func:`serve` exposes the
 registry over HTTP once per process (all subtasks of a local mini-cluster share one Python
 interpreter in thread mode, and so one registry). Label values are bounded: actions, outcomes
-and dead-letter reasons come from fixed tuples and are pre-initialised, never ids.
+and dead-letter reasons come from fixed tuples and are pre-initialised, never ids; the per-arm
+counters are labelled with the configured experiment's name and arms only (the job ignores
+impressions naming any other), pre-initialised by :meth:`JobMetrics.init_experiment`.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from prometheus_client import (
 from flywheel.events import REJECT_REASONS
 from flywheel.settings import ACTIONS
 
-__all__ = ["OUTCOMES", "JobMetrics", "job_metrics", "release", "serve"]
+__all__ = ["CONVERSIONS", "OUTCOMES", "JobMetrics", "job_metrics", "release", "serve"]
 
 OUTCOMES = ("accepted", "duplicate", "dead_letter")
+CONVERSIONS = ("add_to_cart", "purchase")
+"""The ``action`` label values of ``flywheel_job_arm_conversions_total``."""
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
 
 
@@ -83,7 +87,33 @@ class JobMetrics:
             "Learning steps skipped because the item table is full (FLYWHEEL_MAX_ITEMS)",
             registry=registry,
         )
+        self.arm_impressions = Counter(
+            f"{ns}_arm_impressions",
+            "Impressions served by an experiment's arm",
+            ["experiment", "arm"],
+            registry=registry,
+        )
+        self.arm_clicks = Counter(
+            f"{ns}_arm_clicks",
+            "Clicks attributed to an arm's impressions (at most one per impression)",
+            ["experiment", "arm"],
+            registry=registry,
+        )
+        self.arm_conversions = Counter(
+            f"{ns}_arm_conversions",
+            "Cart adds and purchases attributed to an arm's impressions (one each per impression)",
+            ["experiment", "arm", "action"],
+            registry=registry,
+        )
         self._initialise()
+
+    def init_experiment(self, experiment: str, arms: tuple[str, ...]) -> None:
+        """Create the per-arm series of ``experiment`` at zero, so they exist before traffic."""
+        for arm in arms:
+            self.arm_impressions.labels(experiment, arm)
+            self.arm_clicks.labels(experiment, arm)
+            for action in CONVERSIONS:
+                self.arm_conversions.labels(experiment, arm, action)
 
     def _initialise(self) -> None:
         for action in ACTIONS:

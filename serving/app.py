@@ -4,7 +4,10 @@ Endpoints (OpenAPI docs at ``/docs``):
 
 - ``GET /v1/recommendations?user_id=&scene=home|cart|product&item_id=&k=10&diversity=``:
   the list to show (rules in :mod:`serving.recommend`); every served item is logged as an
-  ``impression`` event to the events topic (fire-and-forget, losses counted).
+  ``impression`` event to the events topic (fire-and-forget, losses counted). When
+  ``FLYWHEEL_EXPERIMENT`` runs on the scene, an arm is chosen per request
+  (:mod:`serving.assignment`), serves its strategy, and is named in the response and on the
+  impressions (``experiment``, ``arm``, ``propensity``).
 - ``POST /v1/events``: one event or an array of at most 1000, validated with the job's rules
   (:func:`serving.ingest.parse_batch`); all are produced, or none (400/422 naming the event
   index and field). 202 once the broker acknowledged them.
@@ -42,11 +45,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flywheel.events import MAX_ID_CHARS, pseudonymise
 from flywheel.settings import Settings
+from online_models.experiments import Assignment
+from serving.assignment import ArmChooser
 from serving.health import REQUIRED, check_all
 from serving.ingest import MAX_BATCH, BadBatch, forget_record, impression_records, parse_batch
 from serving.kafka_sink import KafkaSink, SinkError
 from serving.metrics import ApiMetrics, endpoint_of
-from serving.recommend import RecRequest, recommend
+from serving.recommend import RecRequest, Served, recommend
 from serving.store import RedisStore
 from serving.web import add_web_page
 
@@ -100,6 +105,9 @@ class Recommendations(BaseModel):
     request_id: str
     diversified: bool
     items: list[Item]
+    experiment: str | None = Field(None, description="experiment that assigned the request")
+    arm: str | None = Field(None, description="the experiment's arm (a strategy) that served it")
+    propensity: float | None = Field(None, description="probability the arm had of being chosen")
 
 
 class Accepted(BaseModel):
@@ -192,6 +200,13 @@ def serve(settings: Settings) -> None:
 def _add_recommendations(
     app: FastAPI, settings: Settings, clients: _Clients, metrics: ApiMetrics
 ) -> None:
+    experiment = settings.experiment_spec
+    chooser = None
+    if experiment is not None:
+        chooser = ArmChooser(
+            experiment, settings.hmac_key, lambda name: clients.get()[0].arm_counts(name)
+        )
+
     @app.get("/v1/recommendations", response_model=Recommendations, tags=["recommendations"])
     async def recommendations(
         user_id: UserId,
@@ -208,16 +223,15 @@ def _add_recommendations(
         if scene == "product" and item_id is None:
             raise RequestValidationError([_missing("item_id", "required when scene=product")])
         store, sink = clients.get()
-        snapshot = await store.snapshot(pseudonymise(user_id, settings.hmac_key))
+        user = pseudonymise(user_id, settings.hmac_key)
+        snapshot = await store.snapshot(user)
+        arm = await chooser.assign(user, scene) if chooser is not None else None
         lam = settings.diversity_lambda if diversity is None else diversity
-        served = recommend(snapshot, RecRequest(scene, k, item_id, lam, settings.exclude_purchased))
+        strategy = arm.arm if arm is not None else None
+        request = RecRequest(scene, k, item_id, lam, settings.exclude_purchased, strategy)
+        served = recommend(snapshot, request)
         request_id = uuid.uuid4().hex
-        ids = [s.item_id for s in served.items]
-        if ids:
-            hmac_key, now = settings.hmac_key, _now_ms()
-            sink.fire(
-                impression_records(user_id, scene, served.strategy, request_id, ids, hmac_key, now)
-            )
+        _log_impressions(sink, settings, user_id, scene, served, request_id, arm)
         metrics.lists_served.labels(scene, served.strategy).inc()
         items = [Item(item_id=s.item_id, score=s.score, reason=s.reason) for s in served.items]
         return Recommendations(
@@ -227,7 +241,28 @@ def _add_recommendations(
             request_id=request_id,
             diversified=served.diversified,
             items=items,
+            experiment=arm.experiment if arm is not None else None,
+            arm=arm.arm if arm is not None else None,
+            propensity=arm.propensity if arm is not None else None,
         )
+
+
+def _log_impressions(
+    sink: KafkaSink,
+    settings: Settings,
+    user_id: str,
+    scene: str,
+    served: Served,
+    request_id: str,
+    arm: Assignment | None,
+) -> None:
+    """Produce the served list's impression events (fire-and-forget)."""
+    ids = [s.item_id for s in served.items]
+    if ids:
+        records = impression_records(
+            user_id, scene, served.strategy, request_id, ids, settings.hmac_key, _now_ms(), arm
+        )
+        sink.fire(records)
 
 
 def _add_events(app: FastAPI, settings: Settings, clients: _Clients, metrics: ApiMetrics) -> None:

@@ -10,7 +10,9 @@ validates and pseudonymises it like any other event.
   refuses the whole batch at the first bad event, naming its index, reason and field.
   ``forget`` is refused there: erasure goes through ``DELETE /v1/users/{user_id}``.
 - :func:`impression_records`: one ``impression`` event per served item, with the extra fields
-  ``request_id``, ``strategy`` and ``position`` (1-based), which the job ignores.
+  ``request_id``, ``strategy`` and ``position`` (1-based), which the job ignores, and, when an
+  experiment assigned the request, ``experiment``, ``arm`` (which the job counts per arm) and
+  ``propensity`` (the probability the arm had of being chosen, for off-policy evaluation).
 - :func:`forget_record`: the tombstone ``{"action": "forget", "item_id": "-"}``; the job
   clears the user's Flink state, queued refresh and Redis keys when it reads it.
 """
@@ -24,6 +26,7 @@ import orjson
 
 from flywheel.events import Rejection, check_event, pseudonymise
 from flywheel.settings import Settings
+from online_models.experiments import Assignment
 
 __all__ = [
     "MAX_BATCH",
@@ -93,6 +96,7 @@ def impression_records(
     item_ids: list[str],
     hmac_key: str,
     now_ms: int,
+    assignment: Assignment | None = None,
 ) -> list[Record]:
     """One ``impression`` event per served item, in served order.
 
@@ -100,6 +104,10 @@ def impression_records(
     [b'{"event_id":"r1-1","user_id":"u","item_id":"i","action":"impression","ts":5,"scene":"home","request_id":"r1","strategy":"trending","position":1}']
     """
     key = pseudonymise(user_id, hmac_key).encode()
+    arm: dict[str, Any] = {}
+    if assignment is not None:
+        arm = {"experiment": assignment.experiment, "arm": assignment.arm}
+        arm["propensity"] = round(assignment.propensity, 6)
     records = []
     for position, item_id in enumerate(item_ids, start=1):
         event: dict[str, Any] = {
@@ -110,7 +118,7 @@ def impression_records(
             "ts": now_ms,
             "scene": scene,
         }
-        event |= {"request_id": request_id, "strategy": strategy, "position": position}
+        event |= {"request_id": request_id, "strategy": strategy, "position": position, **arm}
         records.append((key, orjson.dumps(event)))
     return records
 

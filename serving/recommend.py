@@ -24,6 +24,9 @@ source (personal list, or trending) with MMR when item vectors are known for eve
 else with a per-category cap when item categories are known; otherwise the list is served in
 relevance order and :attr:`Served.diversified` is ``False``. Redis holds neither item vectors
 nor item categories today, so the API passes no :class:`ItemSignals` and never diversifies.
+
+An experiment's arm (:attr:`RecRequest.strategy`, see :mod:`serving.assignment`) can force the
+``trending`` strategy on a user who has a personal (or neighbour) list.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class RecRequest:
     item_id: str | None = None
     diversity: float = 0.0
     exclude_purchased: bool = True
+    strategy: str | None = None
+    """Set by an experiment's arm: ``trending`` serves trending even to a user with a personal
+    or neighbour list; other values follow the scene's rules above."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ def recommend(
     if request.scene == "product" and not request.item_id:
         raise ValueError("scene 'product' needs an item_id")
     excluded = _excluded(snapshot.features, request)
-    personal = _personal(snapshot.personal, excluded) if request.scene != "product" else []
+    wants_personal = request.scene != "product" and request.strategy != "trending"
+    personal = _personal(snapshot.personal, excluded) if wants_personal else []
     trending = [(i, s) for i, s in snapshot.trending if i not in excluded]
     primary, reason = (personal, "personal") if personal else (trending, "trending")
     head, diversified = _diversify(primary, request, signals)

@@ -3,18 +3,21 @@
 One ``MGET`` per recommendation request reads the user's home list, the user's features and
 the trending list together; one ``GET`` reads a user's features alone (the web page). Values
 the job wrote are decoded here; an undecodable value is logged and treated as missing, so a
-bad key degrades one answer to trending, never to an error.
+bad key degrades one answer to trending, never to an error. The bandit of an experiment reads
+the per-arm counts with one ``HGETALL`` (at most once a second, :mod:`serving.assignment`).
 The client's connection pool is the only state; it is closed by :meth:`RedisStore.close`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 
+from connectors.arm_counts import arms_key, decode_counts
 from connectors.redis_lists import (
     SCENES,
     decode_rec_list,
@@ -23,6 +26,7 @@ from connectors.redis_lists import (
     trending_key,
 )
 from flywheel.settings import Settings
+from online_models.experiments import ArmCounts
 from serving.recommend import Snapshot
 
 __all__ = ["RedisStore"]
@@ -60,6 +64,12 @@ class RedisStore:
         """The user's windowed features as the job wrote them; ``None`` when there are none."""
         key = features_key(self.prefix, user)
         return _decode(key, await self.client.get(key), _json_object)
+
+    async def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
+        """The experiment's cumulative counts by arm, as the job wrote them."""
+        key = arms_key(self.prefix, experiment)
+        raw = await cast("Awaitable[dict[bytes, bytes]]", self.client.hgetall(key))
+        return decode_counts(raw)
 
     async def forget(self, user: str) -> int:
         """Delete the user's lists of every scene and features; the number of keys deleted."""

@@ -1,0 +1,157 @@
+"""Per-arm counts of the configured experiment, kept by the keyed user operator.
+
+:class:`ArmTracker` counts, per arm of the experiment in ``FLYWHEEL_EXPERIMENT``, the
+impressions the API logged and the clicks, cart adds and purchases attributed to them
+(rule: :mod:`online_models.attribution`, window ``attribution_window_s``). Impressions naming
+another experiment or an unknown arm are ignored, so metric labels stay bounded. Counts go to
+Prometheus (``flywheel_job_arm_*_total``) at once and to the Redis hash
+``{prefix}:arms:{experiment}`` (:mod:`connectors.arm_counts`) in batches.
+
+State kept:
+
+- keyed, per user: ``ValueState`` ``impressions`` with the user's impression log, at most
+  ``attribution_impressions_max`` records of 22 bytes, expiring ``attribution_window_s`` after
+  its last write (an older impression can no longer be credited anyway);
+- in memory, per subtask: increments not yet written to Redis (at most four per arm), written
+  by a background thread every :data:`FLUSH_S` with one pipelined round trip, and on close.
+
+Per event: an impression costs one state read and write (a bytes append); a click, cart add
+or purchase one state read, and a write only when credited; other actions nothing.
+
+Delivery: the Redis counts are cumulative and at-least-once. After a restore from a
+checkpoint, the events replayed since that checkpoint are counted again, and increments
+buffered at a crash are lost; the keyed impression logs themselves are exact (checkpointed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from pyflink.common import Types
+from pyflink.common.time import Time
+from pyflink.datastream import RuntimeContext
+from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+
+from connectors.arm_counts import COUNT_OF_ACTION, add_counts
+from flywheel.settings import Settings
+from monitoring.metrics import JobMetrics
+from online_models.attribution import ATTRIBUTED, attribute, key_of, record_impression
+from online_models.experiments import Experiment
+
+__all__ = ["FLUSH_S", "ArmTracker"]
+
+FLUSH_S = 0.5
+"""Seconds between writes of the buffered counts to Redis (the API re-reads them every 1 s)."""
+_log = logging.getLogger(__name__)
+
+
+class ArmTracker:
+    """Counts one experiment's arms from the events of the user being processed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        experiment: Experiment,
+        runtime_context: RuntimeContext,
+        metrics: JobMetrics,
+    ) -> None:
+        self.name = experiment.name
+        self._arms = experiment.arms
+        self._index = {arm: i for i, arm in enumerate(experiment.arms)}
+        self._key = key_of(experiment.name, 4)
+        self._max = settings.attribution_impressions_max
+        self._window_ms = settings.attribution_window_s * 1000
+        self._skew_ms = settings.out_of_orderness_ms
+        self._prefix = settings.redis_prefix
+        self.state = runtime_context.get_state(_descriptor(settings.attribution_window_s))
+        metrics.init_experiment(experiment.name, experiment.arms)
+        self._counters = {
+            "impression": [metrics.arm_impressions.labels(self.name, a) for a in self._arms],
+            "click": [metrics.arm_clicks.labels(self.name, a) for a in self._arms],
+            **{
+                action: [metrics.arm_conversions.labels(self.name, a, action) for a in self._arms]
+                for action in ("add_to_cart", "purchase")
+            },
+        }
+        self._fields = {
+            action: [f"{arm}:{COUNT_OF_ACTION[action]}" for arm in self._arms]
+            for action in self._counters
+        }
+        self._pending: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="arm-counts", daemon=True)
+        self._thread.start()
+
+    def observe(self, action: str, item: str, ts: int, experiment: str, arm: str) -> None:
+        """Count an accepted (not duplicate) event of the current user."""
+        if action == "impression":
+            index = self._index.get(arm) if experiment == self.name else None
+            if index is None:
+                return
+            raw = self.state.value()
+            log = bytes(raw) if raw else None
+            self.state.update(record_impression(log, key_of(item), ts, self._key, index, self._max))
+            self._count(action, index)
+        elif action in ATTRIBUTED:
+            raw = self.state.value()
+            if not raw:
+                return
+            credited = attribute(
+                bytes(raw), key_of(item), self._key, action, ts, self._window_ms, self._skew_ms
+            )
+            if credited is not None:
+                log, index = credited
+                self.state.update(log)
+                self._count(action, index)
+
+    def forget(self) -> None:
+        """Drop the current user's impression log (right to be forgotten)."""
+        self.state.clear()
+
+    def close(self) -> None:
+        """Stop the writer thread and write what is still buffered."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+        self._redis.close()
+
+    def flush(self) -> None:
+        """Write the buffered increments to Redis in one round trip (kept on failure)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        try:
+            add_counts(self._redis, self._prefix, pending)
+        except redis.RedisError as exc:
+            _log.warning("per-arm counts not written to Redis (kept for the next try): %s", exc)
+            with self._lock:
+                for key, n in pending.items():
+                    self._pending[key] = self._pending.get(key, 0) + n
+
+    def _count(self, action: str, index: int) -> None:
+        self._counters[action][index].inc()
+        key = (self.name, self._fields[action][index])
+        with self._lock:
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self.flush()
+
+
+def _descriptor(window_s: int) -> Any:
+    descriptor = ValueStateDescriptor("impressions", Types.PICKLED_BYTE_ARRAY())
+    ttl = (
+        StateTtlConfig.new_builder(Time.seconds(max(60, window_s)))
+        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .build()
+    )
+    descriptor.enable_time_to_live(ttl)
+    return descriptor

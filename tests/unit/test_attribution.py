@@ -1,0 +1,74 @@
+"""Attribution of clicks, cart adds and purchases to the latest impression of the item."""
+
+from __future__ import annotations
+
+from online_models.attribution import RECORD, ImpressionLog, attribute, key_of, record_impression
+
+EXP = key_of("exp", 4)
+HOUR = 3_600_000
+
+
+def _shown(*impressions: tuple[str, int, int], max_entries: int = 100) -> ImpressionLog:
+    """A log of ``(item, ts, arm)`` impressions, oldest first."""
+    log: ImpressionLog | None = None
+    for item, ts, arm in impressions:
+        log = record_impression(log, key_of(item), ts, EXP, arm, max_entries)
+    assert log is not None
+    return log
+
+
+def _credit(log: ImpressionLog, item: str, action: str, ts: int, **kw: int) -> int | None:
+    found = attribute(log, key_of(item), EXP, action, ts, kw.get("window", HOUR), kw.get("skew", 0))
+    return None if found is None else found[1]
+
+
+def test_an_action_goes_to_the_latest_impression_of_the_item() -> None:
+    log = _shown(("a", 1000, 0), ("b", 2000, 1), ("a", 3000, 1))
+    assert _credit(log, "a", "click", 4000) == 1
+    assert _credit(log, "b", "purchase", 4000) == 1
+    assert _credit(log, "never-shown", "click", 4000) is None
+
+
+def test_each_impression_is_credited_once_per_action() -> None:
+    log = _shown(("a", 1000, 0))
+    found = attribute(log, key_of("a"), EXP, "click", 2000, HOUR)
+    assert found is not None
+    log, arm = found
+    assert arm == 0
+    assert attribute(log, key_of("a"), EXP, "click", 2500, HOUR) is None  # a second click
+    for action in ("add_to_cart", "purchase"):  # other actions are still open
+        found = attribute(log, key_of("a"), EXP, action, 3000, HOUR)
+        assert found is not None
+        log = found[0]
+    assert attribute(log, key_of("a"), EXP, "purchase", 3500, HOUR) is None
+
+
+def test_the_window_and_the_clock_skew() -> None:
+    log = _shown(("a", 10 * HOUR, 0))
+    assert _credit(log, "a", "purchase", 11 * HOUR) == 0  # exactly one window later
+    assert _credit(log, "a", "purchase", 11 * HOUR + 1) is None
+    assert _credit(log, "a", "click", 10 * HOUR - 500) is None  # before the impression
+    assert _credit(log, "a", "click", 10 * HOUR - 500, skew=1000) == 0
+
+
+def test_the_log_is_bounded_and_forgets_the_oldest() -> None:
+    log = _shown(*((f"item-{i}", i, i % 2) for i in range(30)), max_entries=10)
+    assert len(log) == 10 * RECORD.size
+    assert _credit(log, "item-19", "click", 100) is None  # fell out
+    assert _credit(log, "item-20", "click", 100) == 0
+
+
+def test_impressions_of_another_experiment_are_not_credited() -> None:
+    log = record_impression(None, key_of("a"), 1000, key_of("old-exp", 4), 1, 10)
+    assert attribute(log, key_of("a"), EXP, "click", 2000, HOUR) is None
+
+
+def test_a_hash_found_inside_another_field_is_skipped() -> None:
+    # the newer record's timestamp holds the same 8 bytes as the item's hash: the search must
+    # skip that unaligned match and still find the real impression before it
+    item = key_of("target")
+    same_bytes = item - 2**64 if item >= 2**63 else item  # the hash read as a signed int64
+    log = record_impression(None, item, 1000, EXP, 1, 10)
+    log = record_impression(log, key_of("x"), same_bytes, EXP, 0, 10)
+    assert log.rfind(item.to_bytes(8, "little")) == RECORD.size + 8
+    assert _credit(log, "target", "click", 2000) == 1
