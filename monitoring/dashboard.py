@@ -182,6 +182,36 @@ def _freshness_and_model() -> list[Panel]:
     ]
 
 
+def _experiments() -> list[Panel]:
+    by_arm = "experiment, arm"
+    impressions = _rate("flywheel_job_arm_impressions_total", by_arm)
+    purchases = 'flywheel_job_arm_conversions_total{action="purchase"}'
+    carts = 'flywheel_job_arm_conversions_total{action="add_to_cart"}'
+    return [
+        _row("Experiments"),
+        _timeseries(
+            "CTR by arm",
+            "Clicks attributed to an arm's impressions per impression (FLYWHEEL_EXPERIMENT); "
+            "flywheel ab-report gives cumulative rates and their significance.",
+            "percentunit",
+            (f"{_rate('flywheel_job_arm_clicks_total', by_arm)} / {impressions}", "{{arm}}"),
+        ),
+        _timeseries(
+            "Conversion by arm",
+            "Purchases (and cart adds) attributed to an arm's impressions, per impression.",
+            "percentunit",
+            (f"{_rate(purchases, by_arm)} / {impressions}", "purchase {{arm}}"),
+            (f"{_rate(carts, by_arm)} / {impressions}", "cart {{arm}}"),
+        ),
+        _timeseries(
+            "Impressions/s by arm",
+            "Impressions logged by the API for each arm of the experiment.",
+            "ops",
+            (impressions, "{{experiment}} {{arm}}"),
+        ),
+    ]
+
+
 def _flink() -> list[Panel]:
     return [
         _row("Flink"),
@@ -288,7 +318,7 @@ def build_dashboard() -> dict[str, Any]:
         "templating": {"list": [_datasource_variable()]},
         "annotations": {"list": []},
         "links": [],
-        "panels": _layout([*_traffic(), *_freshness_and_model(), *_flink()]),
+        "panels": _layout([*_traffic(), *_freshness_and_model(), *_experiments(), *_flink()]),
     }
 
 

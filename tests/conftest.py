@@ -103,6 +103,12 @@ def job_settings(broker: str, redis_url: str, tag: str, var: Path, **overrides: 
     )
 
 
+LIVE_EXPERIMENT = "live-ab:ab:online_mf=50,trending=50:home,cart"
+"""The experiment the session job counts (``FLYWHEEL_EXPERIMENT`` of the job only: the APIs
+other tests build from ``running_job.settings`` run none, so their lists are unchanged; the
+experiment tests serve an API with ``running_job.settings.with_overrides(experiment=...)``)."""
+
+
 @pytest.fixture(scope="session")
 def running_job(
     broker: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -115,7 +121,8 @@ def running_job(
     var = tmp_path_factory.mktemp("job")
     settings = job_settings(broker, redis_url, tag, var, topn_index="clustered")
     create_topics(broker, [settings.events_topic, settings.dlq_topic, settings.item_sync_topic])
-    job = JobProcess(settings, var / "job.log").start()
+    job_side = settings.with_overrides(experiment=LIVE_EXPERIMENT)
+    job = JobProcess(job_side, var / "job.log").start()
     targets = {
         "flywheel": [f"127.0.0.1:{settings.metrics_port}"],
         "flink": [f"127.0.0.1:{settings.flink_metrics_port}"],
