@@ -9,6 +9,10 @@ Keys (``prefix`` is ``settings.redis_prefix``, ``user`` is always the HMAC pseud
 - ``{prefix}:features:{user}`` -> JSON of that user's windowed features (written by the job;
   an opaque dict here).
 - ``{prefix}:trending`` -> JSON list ``[[item_id, score], ...]``.
+- ``{prefix}:rec:product:{item}`` -> the item's neighbour list, JSON ``{"v":1,"item":<item id>,
+  "scene":"product","strategy":"cooccurrence","event_ts":ms,"written_ts":ms,
+  "items":[[item_id, score], ...]}`` (see :mod:`online_models.neighbours`), one SET with the
+  same TTL as the lists. Item lists are aggregates over all users: no user id in them.
 
 Redis holds derived data only: the event log on Kafka is the source of truth, and every value
 is replaced whole by the job. :class:`ListWriter` (used by the job) batches SETs into one
@@ -30,13 +34,18 @@ from flywheel.settings import Settings
 __all__ = [
     "SCENES",
     "TRENDING_SUFFIX",
+    "ItemList",
     "ListReader",
     "ListWriter",
     "RecList",
+    "decode_item_list",
     "decode_rec_list",
+    "encode_item_list",
     "encode_rec_list",
     "features_key",
     "features_suffix",
+    "item_list_key",
+    "item_list_suffix",
     "rec_key",
     "rec_suffix",
     "trending_key",
@@ -81,6 +90,20 @@ def trending_key(prefix: str) -> str:
     return f"{prefix}:{TRENDING_SUFFIX}"
 
 
+def item_list_suffix(item: str) -> str:
+    """Key of an item's neighbour list, without the prefix.
+
+    >>> item_list_suffix("sku-7")
+    'rec:product:sku-7'
+    """
+    return f"rec:product:{item}"
+
+
+def item_list_key(prefix: str, item: str) -> str:
+    """Full key of an item's neighbour list: ``{prefix}:rec:product:{item}``."""
+    return f"{prefix}:{item_list_suffix(item)}"
+
+
 @dataclass(frozen=True)
 class RecList:
     """A user's top-N list as stored in Redis; ``user`` is the pseudonym."""
@@ -116,6 +139,40 @@ def decode_rec_list(raw: bytes | str) -> RecList:
     return RecList(
         obj["user"], obj["scene"], obj["strategy"], obj["event_ts"], obj["written_ts"], items
     )
+
+
+@dataclass(frozen=True)
+class ItemList:
+    """An item's neighbour list as stored in Redis (``items`` best first)."""
+
+    item: str
+    strategy: str
+    event_ts: int
+    written_ts: int
+    items: list[tuple[str, float]]
+
+
+def encode_item_list(rec: ItemList) -> bytes:
+    """The stored JSON of an item's neighbour list.
+
+    >>> encode_item_list(ItemList("i1", "cooccurrence", 1, 2, [("i2", 0.5)]))
+    b'{"v":1,"item":"i1","scene":"product","strategy":"cooccurrence","event_ts":1,"written_ts":2,"items":[["i2",0.5]]}'
+    """
+    head = {"v": FORMAT_VERSION, "item": rec.item, "scene": "product", "strategy": rec.strategy}
+    times = {"event_ts": rec.event_ts, "written_ts": rec.written_ts}
+    return orjson.dumps({**head, **times, "items": rec.items})
+
+
+def decode_item_list(raw: bytes | str) -> ItemList:
+    """Parse a stored neighbour list.
+
+    >>> rec = ItemList("i1", "cooccurrence", 1, 2, [("i2", 0.5)])
+    >>> decode_item_list(encode_item_list(rec)) == rec
+    True
+    """
+    obj = orjson.loads(raw)
+    items = [(str(item), float(score)) for item, score in obj["items"]]
+    return ItemList(str(obj["item"]), obj["strategy"], obj["event_ts"], obj["written_ts"], items)
 
 
 class ListWriter:
@@ -197,6 +254,11 @@ class ListReader:
         """The user's windowed features, or ``None``."""
         raw = self._get(features_key(self._prefix, self._user(user_id, pseudonymised)))
         return None if raw is None else dict(orjson.loads(raw))
+
+    def similar(self, item: str) -> ItemList | None:
+        """The item's neighbour list (product scene), or ``None`` when there is none."""
+        raw = self._get(item_list_key(self._prefix, item))
+        return None if raw is None else decode_item_list(raw)
 
     def trending(self) -> list[tuple[str, float]]:
         """The trending items, best first (empty when not written yet)."""

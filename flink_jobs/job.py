@@ -7,7 +7,10 @@ Graph::
                         key_by(user)
                               |
     KafkaSource(item-sync) -> broadcast -> UserProcessor -> KafkaSink(item-sync)
-                                                |
+                                                |    \\
+                                                |     side output: one item-context record
+                                                |     per learnable event, key_by(item)
+                                                |        -> ItemNeighbours -> Redis (product lists)
                                               Redis (lists, features, trending)
 
 :func:`build` wires the graph into a given environment; :func:`configure` holds every Flink
@@ -81,6 +84,7 @@ def build(env, settings: Settings) -> None:
     """Add Flywheel's operators, sources and sinks to ``env``."""
     from pyflink.common import Types, WatermarkStrategy
 
+    from flink_jobs.item_neighbours import ITEM_CONTEXT, ItemNeighbours
     from flink_jobs.parse import DEAD_LETTERS, ParseEvents
     from flink_jobs.user_processor import EVENT_TYPE, ITEMS_DESCRIPTOR, UserProcessor
 
@@ -106,6 +110,13 @@ def build(env, settings: Settings) -> None:
         .name("users")
     )
     out.sink_to(_sink(settings, settings.item_sync_topic)).uid("item-sync-sink")
+    (
+        out.get_side_output(ITEM_CONTEXT)
+        .key_by(lambda record: record[0], key_type=Types.STRING())
+        .process(ItemNeighbours(settings))
+        .uid("item-neighbours")
+        .name("item-neighbours")
+    )
 
 
 def _source(settings: Settings, topic: str, group: str | None, start: str):

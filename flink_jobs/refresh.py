@@ -106,6 +106,7 @@ def _features_view(state: UserState) -> dict[str, object]:
         "categories": f.categories,
         "recent": f.recent,
         "purchased": f.purchased,
+        "cart": f.cart,
     }
     if state.vector is not None:
         view["factors"] = state.vector.tolist()

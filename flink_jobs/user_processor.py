@@ -3,7 +3,9 @@
 Input 1 (keyed by pseudonymous user): validated events as :data:`EVENT_TYPE` tuples.
 Input 2 (broadcast): item-delta batches read back from the item-sync topic.
 Output: item-delta batches (text) for the item-sync topic. Lists go to Redis directly from the
-refresh, since a list write is an idempotent overwrite.
+refresh, since a list write is an idempotent overwrite. Side output
+:data:`~flink_jobs.item_neighbours.ITEM_CONTEXT`: one item-context record per learnable event
+(the item-to-item lists, :mod:`flink_jobs.item_neighbours`).
 
 State: the per-user :class:`~flink_jobs.user_state.UserState` (keyed ``ValueState`` with TTL),
 when an experiment runs the user's last impressions (:mod:`flink_jobs.arm_tracker`),
@@ -36,6 +38,7 @@ from connectors.redis_lists import (
     rec_suffix,
 )
 from flink_jobs.arm_tracker import ArmTracker
+from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.user_state import decode_state, encode_state
@@ -128,6 +131,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if not state.features.add(item, action, ts, category):
             self.metrics.late_events.inc()
         weight = self.model.weight_of(action)
+        pairs = None
+        if weight > 0:  # one item-context record per learnable event (item-to-item lists)
+            pairs = context_record(state.context, item, ts, weight, self.popularity.weight)
         if weight > 0:
             if state.vector is None:
                 state.vector = self.model.new_user_vector(user)
@@ -149,6 +155,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
                 ctx.timer_service().register_processing_time_timer(due)
         if self.queue.is_due(int(time.time() * 1000)):
             self._refresh()
+        if pairs is not None:  # keyed by item into the item-to-item lists
+            yield ITEM_CONTEXT, pairs
         yield from self._publish(force=False)
 
     # --- input 2: item deltas from every subtask -------------------------------------------

@@ -2,7 +2,9 @@
 
 One ``ValueState[bytes]`` per user holds: the windowed features
 (:class:`~online_models.features.UserFeatures`), the user's factor vector, the ids of the
-user's last ``dedupe_window`` events (to drop duplicates) and the number of accepted events.
+user's last ``dedupe_window`` events (to drop duplicates), the number of accepted events and
+the user's last ``neighbour_context`` distinct items with time and weight
+(:class:`~online_models.neighbours.ItemContext`, for the item-to-item lists).
 The value is ``<u32 header length><JSON header><float32 factors>``: one state read and one
 write per event. Its size is bounded by the feature bounds plus ``4 * n_factors`` bytes, and it
 expires after ``state_ttl_s`` without writes (Flink state TTL).
@@ -18,6 +20,7 @@ import orjson
 
 from flywheel.settings import Settings
 from online_models.features import UserFeatures
+from online_models.neighbours import ItemContext
 
 __all__ = ["UserState", "decode_state", "encode_state", "new_features"]
 
@@ -32,6 +35,7 @@ class UserState:
     vector: np.ndarray | None = None
     recent_ids: list[str] = field(default_factory=list)
     n_events: int = 0
+    context: ItemContext = field(default_factory=ItemContext)
 
 
 def new_features(settings: Settings) -> UserFeatures:
@@ -42,14 +46,16 @@ def new_features(settings: Settings) -> UserFeatures:
         recent_max=settings.recent_items_max,
         purchased_max=settings.purchased_max,
         categories_max=settings.categories_max,
+        cart_max=settings.cart_items_max,
     )
 
 
 def encode_state(state: UserState) -> bytes:
     """Bytes stored in Flink state."""
-    header = orjson.dumps(
-        {"f": state.features.to_dict(), "ids": state.recent_ids, "n": state.n_events}
-    )
+    fields = {"f": state.features.to_dict(), "ids": state.recent_ids, "n": state.n_events}
+    if state.context.entries:
+        fields["c"] = state.context.to_list()
+    header = orjson.dumps(fields)
     vector = b"" if state.vector is None else state.vector.astype(np.float32).tobytes()
     return _LEN.pack(len(header)) + header + vector
 
@@ -57,11 +63,13 @@ def encode_state(state: UserState) -> bytes:
 def decode_state(raw: bytes | None, settings: Settings) -> UserState:
     """Inverse of :func:`encode_state`; ``None`` (no state yet) gives a fresh user."""
     features = new_features(settings)
+    context = ItemContext(settings.neighbour_context, settings.neighbour_gap_s * 1000)
     if not raw:
-        return UserState(features)
+        return UserState(features, context=context)
     raw = bytes(raw)
     (length,) = _LEN.unpack_from(raw)
     header = orjson.loads(raw[4 : 4 + length])
     body = raw[4 + length :]
     vector = np.frombuffer(body, np.float32).copy() if body else None
-    return UserState(features.load(header["f"]), vector, header["ids"], header["n"])
+    context.load(header.get("c", ()))
+    return UserState(features.load(header["f"]), vector, header["ids"], header["n"], context)

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     purchased_max: int = Field(500, ge=0, description="purchased items kept per user")
     categories_max: int = Field(50, ge=1, description="categories counted per user")
     state_ttl_s: int = Field(30 * 86400, ge=60, description="idle users' state expires")
+    cart_items_max: int = Field(
+        20, ge=1, le=1000, description="items added to the cart (not bought since) kept per user"
+    )
 
     # --- top-N ---------------------------------------------------------------------------
     top_n: int = Field(50, ge=1, le=1000, description="list length written to Redis")
@@ -99,6 +102,26 @@ class Settings(BaseSettings):
     ann_probe: int = Field(8, ge=1, description="clusters scored per list (clustered index)")
     ann_refresh_s: float = Field(30.0, gt=0, description="clustered index reassignment period")
     blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per job process")
+
+    # --- item-to-item lists (product and cart scenes) ------------------------------------
+    neighbour_context: int = Field(
+        5, ge=0, le=50, description="distinct recent items paired with each event, 0 = off"
+    )
+    neighbour_gap_s: int = Field(
+        1800, ge=1, description="items touched at most this long apart count as neighbours"
+    )
+    neighbour_max: int = Field(
+        100, ge=1, le=10_000, description="neighbours kept per item (twice that between prunings)"
+    )
+    neighbour_half_life_s: int = Field(
+        7 * 86400, ge=60, description="half-life of neighbour weights, in event time"
+    )
+    neighbour_flush_ms: int = Field(
+        1000, ge=10, description="min interval between rewrites of an item's list"
+    )
+    neighbour_state_ttl_s: int = Field(
+        30 * 86400, ge=60, description="idle items' neighbour state expires"
+    )
 
     # --- Flink ---------------------------------------------------------------------------
     parallelism: int = Field(1, ge=1, le=256, description="Flink parallelism of the job")

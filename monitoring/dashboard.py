@@ -212,6 +212,28 @@ def _experiments() -> list[Panel]:
     ]
 
 
+def _item_lists() -> list[Panel]:
+    batch = "flywheel_job_neighbour_batch_items"
+    return [
+        _row("Item-to-item lists"),
+        _timeseries(
+            "Neighbour updates and item lists written/s",
+            "Events applied to their item's neighbour counts, and item lists (product scene) "
+            "written to Redis (at most one per item per FLYWHEEL_NEIGHBOUR_FLUSH_MS).",
+            "ops",
+            (_rate("flywheel_job_neighbour_updates_total"), "updates"),
+            (_rate("flywheel_job_neighbour_lists_written_total"), "lists written"),
+        ),
+        _timeseries(
+            "Item lists per Redis batch",
+            "Item lists written per Redis round trip: mean and p99.",
+            "short",
+            (f"{_rate(f'{batch}_sum')} / {_rate(f'{batch}_count')}", "mean"),
+            (_quantile(0.99, batch), "p99"),
+        ),
+    ]
+
+
 def _flink() -> list[Panel]:
     return [
         _row("Flink"),
@@ -318,7 +340,9 @@ def build_dashboard() -> dict[str, Any]:
         "templating": {"list": [_datasource_variable()]},
         "annotations": {"list": []},
         "links": [],
-        "panels": _layout([*_traffic(), *_freshness_and_model(), *_experiments(), *_flink()]),
+        "panels": _layout(
+            [*_traffic(), *_freshness_and_model(), *_item_lists(), *_experiments(), *_flink()]
+        ),
     }
 
 

@@ -87,6 +87,22 @@ class JobMetrics:
             "Learning steps skipped because the item table is full (FLYWHEEL_MAX_ITEMS)",
             registry=registry,
         )
+        self.neighbour_updates = Counter(
+            f"{ns}_neighbour_updates",
+            "Events applied to their item's neighbour counts (item-to-item lists)",
+            registry=registry,
+        )
+        self.neighbour_lists_written = Counter(
+            f"{ns}_neighbour_lists_written",
+            "Item neighbour lists (product scene) written to Redis",
+            registry=registry,
+        )
+        self.neighbour_batch_items = Histogram(
+            f"{ns}_neighbour_batch_items",
+            "Item neighbour lists per Redis write batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=registry,
+        )
         self.arm_impressions = Counter(
             f"{ns}_arm_impressions",
             "Impressions served by an experiment's arm",

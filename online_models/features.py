@@ -9,7 +9,8 @@ State kept per user (all bounded):
   ``W/BUCKETS`` (5 min for 1 h, 2 h for 24 h). At most ``BUCKETS + 1`` buckets per window.
 - lifetime counts by action, counts by category (at most ``categories_max``: when full, the
   least-counted category is evicted), the ``recent_max`` most recent items (newest last) and
-  the ``purchased_max`` most recently purchased distinct items.
+  the ``purchased_max`` most recently purchased distinct items, and the ``cart_max`` items most
+  recently added to the cart and not purchased since (``cart``, newest last).
 
 Late events: an event older than the watermark is *late*. It is still learnt from by the model
 and counted in the lifetime and category counts, but it is not added to the window counts
@@ -45,6 +46,8 @@ class UserFeatures:
 
     __slots__ = (
         "buckets",
+        "cart",
+        "cart_max",
         "categories",
         "categories_max",
         "late",
@@ -65,18 +68,21 @@ class UserFeatures:
         recent_max: int = 50,
         purchased_max: int = 500,
         categories_max: int = 50,
+        cart_max: int = 20,
     ):
         self.windows_s = windows_s
         self.out_of_orderness_ms = out_of_orderness_ms
         self.recent_max = recent_max
         self.purchased_max = purchased_max
         self.categories_max = categories_max
+        self.cart_max = cart_max
         self.max_ts = 0
         self.late = 0
         self.totals: dict[str, int] = {}
         self.categories: dict[str, int] = {}
         self.recent: list[str] = []
         self.purchased: list[str] = []
+        self.cart: list[str] = []
         # window seconds -> {bucket start ms: {action: count}}
         self.buckets: dict[int, dict[int, dict[str, int]]] = {w: {} for w in windows_s}
 
@@ -121,6 +127,13 @@ class UserFeatures:
             self.purchased.append(item)
             if len(self.purchased) > self.purchased_max:
                 del self.purchased[0]
+        if action == "purchase" and item in self.cart:
+            self.cart.remove(item)
+        elif action == "add_to_cart":
+            if item in self.cart:
+                self.cart.remove(item)
+            self.cart.append(item)
+            del self.cart[: max(0, len(self.cart) - self.cart_max)]
 
     def _count_category(self, category: str) -> None:
         if category not in self.categories and len(self.categories) >= self.categories_max:
@@ -143,6 +156,7 @@ class UserFeatures:
             "categories": self.categories,
             "recent": self.recent,
             "purchased": self.purchased,
+            "cart": self.cart,
             "buckets": {str(w): {str(s): c for s, c in b.items()} for w, b in self.buckets.items()},
         }
 
@@ -154,6 +168,7 @@ class UserFeatures:
         self.categories = state["categories"]
         self.recent = state["recent"]
         self.purchased = state["purchased"]
+        self.cart = state.get("cart", [])[-self.cart_max :]  # absent in older state
         saved = state["buckets"]
         self.buckets = {
             w: {int(s): c for s, c in saved.get(str(w), {}).items()} for w in self.windows_s

@@ -62,6 +62,10 @@ class WindowedPopularity:
             best = sorted(kept, key=lambda kv: (-kv[1], kv[0]))[:n]
         return [(item, round(score, 6)) for item, score in best]
 
+    def weight(self, item: str) -> float:
+        """The windowed weight of ``item``, 0 when it has none inside the window."""
+        return self._totals.get(item, 0.0)
+
     def __len__(self) -> int:
         return len(self._totals)
 

@@ -93,7 +93,10 @@ class Item(BaseModel):
 
     item_id: str
     score: float
-    reason: str = Field(description="personal (the user's own list) or trending")
+    reason: str = Field(
+        description="personal (the user's own list), similar (bought or viewed with the "
+        "product), with_cart (with the items in the cart) or trending"
+    )
 
 
 class Recommendations(BaseModel):
@@ -224,7 +227,7 @@ def _add_recommendations(
             raise RequestValidationError([_missing("item_id", "required when scene=product")])
         store, sink = clients.get()
         user = pseudonymise(user_id, settings.hmac_key)
-        snapshot = await store.snapshot(user)
+        snapshot = await store.snapshot(user, scene, item_id)
         arm = await chooser.assign(user, scene) if chooser is not None else None
         lam = settings.diversity_lambda if diversity is None else diversity
         strategy = arm.arm if arm is not None else None

@@ -95,5 +95,5 @@ class ApiMetrics:
             self.requests.labels(endpoint, status)
             self.request_seconds.labels(endpoint, status)
         for scene in SCENES:
-            for strategy in ("online_mf", "trending"):
+            for strategy in ("online_mf", "trending", "cooccurrence"):
                 self.lists_served.labels(scene, strategy)

@@ -1,16 +1,21 @@
 """What the recommendation API serves: pure ranking logic (no I/O, no web framework).
 
-Input is one :class:`Snapshot` of what Redis holds for a user (read with one ``MGET``): the
+Input is one :class:`Snapshot` of what Redis holds for a user (read in one round trip): the
 user's personal list ``{prefix}:rec:home:{user}``, the user's features
-``{prefix}:features:{user}`` and the global trending list ``{prefix}:trending``. Per scene:
+``{prefix}:features:{user}``, the global trending list ``{prefix}:trending`` and, for the
+product and cart scenes, the neighbour lists ``{prefix}:rec:product:{item}`` of the viewed
+item or of the items in the user's cart (:mod:`flink_jobs.item_neighbours`). Per scene:
 
 - ``home``: the personal list (strategy ``online_mf``), reason ``personal``.
-- ``cart``: the personal list minus every item in the user's ``recent`` and ``purchased``
-  features (what is in or next to the cart already), reason ``personal``. Items bought
-  together with the cart's items would be better; no such lists are in Redis yet.
-- ``product`` (needs ``item_id``): trending minus that item, reason ``trending``.
-  **TODO for the job**: item-to-item similarity lists (e.g. ``{prefix}:similar:{item}``) are
-  not written yet, so this scene does not pretend to serve "similar items".
+- ``product`` (needs ``item_id``): the item's neighbour list (strategy ``cooccurrence``),
+  reason ``similar``, padded with trending. Without a neighbour list: trending minus that
+  item, reason ``trending``.
+- ``cart``: the neighbour lists of the items in the user's ``cart`` feature (added to the cart,
+  not bought since), merged by summing each item's normalised scores (reason ``with_cart``)
+  and interleaved one for one with the personal list (reason ``personal``), strategy
+  ``cooccurrence``. Items in the cart, and the user's ``recent`` and ``purchased`` items, are
+  left out. Without neighbour items: the personal list minus those items, reason
+  ``personal``.
 
 A missing list, a cold user's list (the job stores strategy ``trending`` for them) or a list
 emptied by the exclusions falls back to the global trending list, reason ``trending``; a short
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
@@ -40,7 +46,16 @@ import numpy as np
 from connectors.redis_lists import RecList
 from online_models.diversity import cap_for_lambda, cap_per_category, mmr
 
-__all__ = ["SCENES", "ItemSignals", "RecRequest", "Scored", "Served", "Snapshot", "recommend"]
+__all__ = [
+    "SCENES",
+    "ItemSignals",
+    "RecRequest",
+    "Scored",
+    "Served",
+    "Snapshot",
+    "cart_items",
+    "recommend",
+]
 
 SCENES: tuple[str, ...] = ("home", "cart", "product")
 """Scenes the API serves (``product`` needs an ``item_id``)."""
@@ -55,6 +70,8 @@ class Snapshot:
     personal: RecList | None
     features: Mapping[str, Any] | None
     trending: Sequence[tuple[str, float]]
+    neighbours: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
+    """Neighbour lists by item (the product's, or the cart items'), best first."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,8 @@ class Scored:
 
 @dataclass(frozen=True)
 class Served:
-    """A served list: ``strategy`` is ``online_mf`` (personal first) or ``trending``."""
+    """A served list: ``strategy`` is ``online_mf`` (personal first), ``cooccurrence``
+    (neighbour lists first, product and cart scenes) or ``trending``."""
 
     strategy: str
     items: list[Scored]
@@ -106,6 +124,10 @@ def recommend(
     if request.scene == "product" and not request.item_id:
         raise ValueError("scene 'product' needs an item_id")
     excluded = _excluded(snapshot.features, request)
+    if request.scene in ("product", "cart") and request.strategy != "trending":
+        served = _from_neighbours(snapshot, request, excluded)
+        if served is not None:
+            return served
     wants_personal = request.scene != "product" and request.strategy != "trending"
     personal = _personal(snapshot.personal, excluded) if wants_personal else []
     trending = [(i, s) for i, s in snapshot.trending if i not in excluded]
@@ -117,6 +139,61 @@ def recommend(
         padding = [(i, s) for i, s in trending if i not in taken][: request.k - len(items)]
         items += [Scored(item, score, "trending") for item, score in padding]
     return Served("online_mf" if personal else "trending", items, diversified)
+
+
+def _from_neighbours(snapshot: Snapshot, request: RecRequest, excluded: set[str]) -> Served | None:
+    """The product or cart list built on neighbour lists; ``None`` when they offer nothing."""
+    if request.scene == "product":
+        sources, reason = [str(request.item_id)], "similar"
+    else:
+        sources, reason = cart_items(snapshot.features), "with_cart"
+    excluded = excluded | set(sources)
+    merged = _merge([snapshot.neighbours.get(item, ()) for item in sources], excluded)
+    if not merged:
+        return None
+    head = [Scored(item, score, reason) for item, score in merged]
+    if request.scene == "cart":
+        personal = _personal(snapshot.personal, excluded)
+        head = _interleave(head, [Scored(i, s, "personal") for i, s in personal])
+    items = head[: request.k]
+    if len(items) < request.k:
+        taken = {s.item_id for s in items} | excluded
+        padding = [(i, s) for i, s in snapshot.trending if i not in taken]
+        items += [Scored(i, s, "trending") for i, s in padding[: request.k - len(items)]]
+    return Served("cooccurrence", items)
+
+
+def cart_items(features: Mapping[str, Any] | None) -> list[str]:
+    """The items in the user's cart feature, newest first (empty when unknown).
+
+    >>> cart_items({"cart": ["a", 7]}), cart_items(None)
+    (['7', 'a'], [])
+    """
+    cart = (features or {}).get("cart")
+    return [str(item) for item in reversed(cart)] if isinstance(cart, list) else []
+
+
+def _merge(lists: Sequence[Sequence[tuple[str, float]]], excluded: set[str]) -> Ranked:
+    """Sum of each item's scores over ``lists``, best first (ties: first seen first)."""
+    totals: dict[str, float] = {}
+    for ranked in lists:
+        for item, score in ranked:
+            if item not in excluded:
+                totals[item] = totals.get(item, 0.0) + score
+    order = sorted(totals.items(), key=lambda kv: -kv[1])
+    return [(item, round(score, 5)) for item, score in order]
+
+
+def _interleave(first: list[Scored], second: list[Scored]) -> list[Scored]:
+    """``first[0], second[0], first[1], ...`` without repeats; the longer one's tail last."""
+    out: list[Scored] = []
+    seen: set[str] = set()
+    for pair in zip_longest(first, second):
+        for scored in pair:
+            if scored is not None and scored.item_id not in seen:
+                seen.add(scored.item_id)
+                out.append(scored)
+    return out
 
 
 def _excluded(features: Mapping[str, Any] | None, request: RecRequest) -> set[str]:

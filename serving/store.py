@@ -1,8 +1,12 @@
 """The API's asynchronous view of Flywheel's Redis keys (layout: :mod:`connectors.redis_lists`).
 
-One ``MGET`` per recommendation request reads the user's home list, the user's features and
-the trending list together; one ``GET`` reads a user's features alone (the web page). Values
-the job wrote are decoded here; an undecodable value is logged and treated as missing, so a
+One round trip per recommendation request reads the user's home list, the user's features,
+the trending list and the neighbour lists the scene needs: an ``MGET`` (home; product with the
+item's list), or for the cart scene a Lua script that reads the same keys, takes the cart from
+the features and reads the neighbour lists of its newest :data:`CART_LISTS_MAX` items
+(``EVALSHA``; the script computes key names, so it needs a single Redis, not Redis Cluster);
+one ``GET`` reads a user's features alone (the web page). Values the job wrote are decoded
+here; an undecodable value is logged and treated as missing, so a
 bad key degrades one answer to trending, never to an error. The bandit of an experiment reads
 the per-arm counts with one ``HGETALL`` (at most once a second, :mod:`serving.assignment`).
 The client's connection pool is the only state; it is closed by :meth:`RedisStore.close`.
@@ -20,8 +24,10 @@ import redis.asyncio as aioredis
 from connectors.arm_counts import arms_key, decode_counts
 from connectors.redis_lists import (
     SCENES,
+    decode_item_list,
     decode_rec_list,
     features_key,
+    item_list_key,
     rec_key,
     trending_key,
 )
@@ -29,9 +35,36 @@ from flywheel.settings import Settings
 from online_models.experiments import ArmCounts
 from serving.recommend import Snapshot
 
-__all__ = ["RedisStore"]
+__all__ = ["CART_LISTS_MAX", "RedisStore"]
 
+CART_LISTS_MAX = 10
+"""Neighbour lists read for a cart: those of its newest items."""
 log = logging.getLogger(__name__)
+# KEYS: home list, features, trending; ARGV: neighbour-list key prefix, max lists. Returns the
+# three values, then (item, neighbour list) pairs for the cart's newest items.
+_CART_SCRIPT = """
+local values = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+if not values[2] then return values end
+local ok, features = pcall(cjson.decode, values[2])
+if not ok or type(features) ~= 'table' or type(features['cart']) ~= 'table' then
+  return values
+end
+local cart, items, keys = features['cart'], {}, {}
+for i = #cart, math.max(1, #cart - tonumber(ARGV[2]) + 1), -1 do
+  local item = cart[i]
+  if type(item) == 'string' or type(item) == 'number' then
+    items[#items + 1] = tostring(item)
+    keys[#keys + 1] = ARGV[1] .. tostring(item)
+  end
+end
+if #keys == 0 then return values end
+local lists = redis.call('MGET', unpack(keys))
+for i = 1, #keys do
+  values[#values + 1] = items[i]
+  values[#values + 1] = lists[i]
+end
+return values
+"""
 
 
 class RedisStore:
@@ -45,19 +78,40 @@ class RedisStore:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
+        self._cart_script = self.client.register_script(_CART_SCRIPT)
 
-    async def snapshot(self, user: str) -> Snapshot:
-        """The user's home list, features and the trending list, in one round trip."""
+    async def snapshot(
+        self, user: str, scene: str = "home", item_id: str | None = None
+    ) -> Snapshot:
+        """What ``scene`` needs for the user, in one round trip: home list, features, trending,
+        and the neighbour lists of ``item_id`` (product) or of the cart's items (cart)."""
         keys = [
             rec_key(self.prefix, "home", user),
             features_key(self.prefix, user),
             trending_key(self.prefix),
         ]
-        raw_list, raw_features, raw_trending = await self.client.mget(keys)
+        if scene == "cart":
+            prefix = item_list_key(self.prefix, "")
+            values = await self._cart_script(keys=keys, args=[prefix, CART_LISTS_MAX])
+            pairs = [(str(values[i], "utf-8"), values[i + 1]) for i in range(3, len(values), 2)]
+        elif scene == "product" and item_id:
+            *values, raw_similar = await self.client.mget(
+                [*keys, item_list_key(self.prefix, item_id)]
+            )
+            pairs = [(item_id, raw_similar)]
+        else:
+            values, pairs = await self.client.mget(keys), []
+        raw_list, raw_features, raw_trending = values[:3]
+        neighbours = {}
+        for item, raw in pairs:
+            similar = _decode(item_list_key(self.prefix, item), raw, decode_item_list)
+            if similar is not None:
+                neighbours[item] = similar.items
         return Snapshot(
             personal=_decode(keys[0], raw_list, decode_rec_list),
             features=_decode(keys[1], raw_features, _json_object),
             trending=_decode(keys[2], raw_trending, _ranked) or [],
+            neighbours=neighbours,
         )
 
     async def features(self, user: str) -> dict[str, Any] | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
+import orjson
 import pytest
 
 from flink_jobs.user_state import UserState, decode_state, encode_state, new_features
@@ -54,3 +57,26 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_topic_names_must_differ() -> None:
     with pytest.raises(SettingsError, match="must differ"):
         load_settings(dlq_topic="events")
+
+
+def test_cart_and_item_context_round_trip_and_old_state_still_decodes() -> None:
+    settings = load_settings(cart_items_max=2, neighbour_context=2)
+    state = decode_state(None, settings)
+    for item, action in [("a", "add_to_cart"), ("b", "add_to_cart"), ("c", "view")]:
+        state.features.add(item, action, 1_700_000_000_000, "")
+        state.context.push(item, 1_700_000_000_000, 1.0)
+    state.features.add("d", "add_to_cart", 1_700_000_000_001, "")
+    assert state.features.cart == ["b", "d"], "bounded by cart_items_max, newest last"
+    state.features.add("b", "purchase", 1_700_000_000_002, "")
+    assert state.features.cart == ["d"], "a purchased item leaves the cart"
+    back = decode_state(encode_state(state), settings)
+    assert back.features.cart == ["d"]
+    assert back.context.entries == state.context.entries and len(back.context.entries) == 2
+    raw = encode_state(state)
+    (length,) = struct.unpack_from("<I", raw)
+    header = orjson.loads(raw[4 : 4 + length])
+    del header["f"]["cart"], header["c"]  # state written before carts and item contexts
+    old = orjson.dumps(header)
+    back = decode_state(struct.pack("<I", len(old)) + old + raw[4 + length :], settings)
+    assert back.features.cart == [] and back.context.entries == []
+    assert back.features.recent == ["a", "b", "c", "d", "b"]

@@ -1,0 +1,78 @@
+"""Per-event cost of the item-to-item lists: ``python -m bench.neighbours [--no-save]``.
+
+Times, on one core, what one learnable event adds to the job: on the users side, pushing the
+item into the user's context and encoding the side-output record; on the item side, decoding
+the item's state, adding the context, encoding it back (the item full: ``2 * neighbour_max``
+neighbours, the most it ever holds), and building one list for Redis. Writes
+``neighbours.*`` keys (microseconds) into ``bench/results/latest.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import orjson
+
+from bench.common import Results, format_table, median_seconds, merge_results, say
+from flink_jobs.item_neighbours import context_record, decode_counts, encode_counts
+from flywheel.settings import load_settings
+from online_models.neighbours import ItemContext, NeighbourCounts
+
+__all__ = ["main", "measure"]
+
+
+def _full_item(settings_max: int, rng: random.Random) -> NeighbourCounts:
+    """An item holding ``2 * settings_max`` neighbours, just below the pruning point."""
+    counts = NeighbourCounts(settings_max)
+    for i in range(2 * settings_max):
+        counts.add(1_700_000_000_000 + i, 1.0, [(f"sku-{i}", rng.random(), 10.0)])
+    return counts
+
+
+def measure() -> Results:
+    """The figures, in microseconds per call."""
+    settings = load_settings()
+    rng = random.Random(0)
+    context = ItemContext(settings.neighbour_context, settings.neighbour_gap_s * 1000)
+    step = iter(range(10**9))
+    popularity: dict[str, float] = {}
+
+    def users_side() -> object:
+        i = next(step)
+        return context_record(context, f"sku-{i % 97}", 1_700_000_000_000 + i, 1.0, popularity.get)
+
+    raw = encode_counts(_full_item(settings.neighbour_max, rng))
+    pairs = [(f"sku-{i}", 1.0, 10.0) for i in range(settings.neighbour_context)]
+
+    def item_side() -> bytes:
+        counts = decode_counts(raw, settings)
+        counts.add(1_700_000_001_000, 1.0, pairs)
+        return encode_counts(counts)
+
+    full = decode_counts(raw, settings)
+    record = users_side()
+    assert record is not None
+    say(f"item state {len(raw)} bytes, record {len(orjson.dumps(record))} bytes")
+    return {
+        "neighbours.users_side_us": round(median_seconds(users_side) * 1e6, 2),
+        "neighbours.item_update_us": round(median_seconds(item_side) * 1e6, 2),
+        "neighbours.list_build_us": round(
+            median_seconds(lambda: full.top(settings.top_n)) * 1e6, 2
+        ),
+        "neighbours.item_state_bytes": len(raw),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.neighbours", description=__doc__)
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    args = parser.parse_args()
+    results = measure()
+    print(format_table(results))
+    if not args.no_save:
+        merge_results(results)
+
+
+if __name__ == "__main__":
+    main()

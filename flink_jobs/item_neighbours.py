@@ -1,0 +1,217 @@
+"""Item-to-item lists: per-item neighbour counts in keyed state, coalesced writes to Redis.
+
+Flow. For every learnable event (action weight > 0) the users operator, which holds each
+user's :class:`~online_models.neighbours.ItemContext`, emits ONE record on the side output
+:data:`ITEM_CONTEXT`: the event's item ``y``, time, weight, and its context (the user's last
+``neighbour_context`` distinct other items within ``neighbour_gap_s``, each with a pair weight
+and the item's windowed popularity from the users operator's trending counts). The record is
+keyed by ``y`` into :class:`ItemNeighbours`, which adds the context to ``y``'s
+:class:`~online_models.neighbours.NeighbourCounts` and rewrites ``y``'s list
+``{prefix}:rec:product:{y}``.
+
+Direction (why one record keyed by the new item). A pair (x before y) can only update the
+state of the key its record is routed to. Keying by ``y`` gives ``y`` the items the same
+users touched shortly *before* it: one record and one state access per event, with the whole
+context, learnt at once. Giving ``x`` the items touched *after* it as well would take one
+record per context item (``neighbour_context`` records per event), or holding every event
+back until its followers are known (lists late by a session). Within browsing sessions
+co-interest is mostly two-way (some shoppers view A then B, others B then A), so both items
+end up in each other's lists; strongly one-way flows (an accessory bought after the main
+product) appear on the later item's list only. That is the accepted cost of one record per
+event.
+
+State (keyed by item, Flink ``ValueState[bytes]`` with TTL ``neighbour_state_ttl_s`` refreshed
+on every write): the item's ``NeighbourCounts`` as JSON, at most ``2 * neighbour_max``
+neighbours. Processing-time timers (one per queued item, aligned to the batch's due time) are
+Flink state too. In memory only: the write queue (items whose list is due, with a snapshot of
+their counts), bounded by the items touched within one ``neighbour_flush_ms`` interval (or
+``_MAX_BATCH_ITEMS``). After a restore the counts come back exactly with the checkpoint; a
+restored timer whose item is not in the (lost) queue re-reads the item's state and queues it,
+so no list write is lost; lists are whole-value overwrites, so a repeated write is harmless.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis
+from pyflink.common import Types
+from pyflink.common.time import Time
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+
+from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_list_suffix
+from flywheel.settings import Settings
+from monitoring.metrics import job_metrics, release, serve
+from online_models.neighbours import ItemContext, NeighbourCounts
+
+__all__ = [
+    "CONTEXT_TYPE",
+    "ITEM_CONTEXT",
+    "ItemNeighbours",
+    "ListQueue",
+    "context_record",
+    "decode_counts",
+    "encode_counts",
+]
+
+# item, ts, action weight, context JSON [[other item, pair weight, popularity], ...]
+CONTEXT_TYPE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.DOUBLE(), Types.STRING()])
+ITEM_CONTEXT = OutputTag("item-context", CONTEXT_TYPE)
+_BYTES = Types.PICKLED_BYTE_ARRAY()
+_MAX_BATCH_ITEMS = 1024
+STRATEGY = "cooccurrence"
+
+
+def context_record(
+    context: ItemContext,
+    item: str,
+    ts: int,
+    weight: float,
+    popularity: Callable[[str], float | None],
+) -> tuple[str, int, float, str] | None:
+    """The side-output record of a learnable event (``None`` when the lists are off).
+
+    Pushes ``item`` into the user's ``context`` (the caller stores it with the user's state).
+
+    >>> ctx = ItemContext(size=3, gap_ms=60_000)
+    >>> context_record(ctx, "tea", 0, 1.0, lambda item: 7.0)
+    ('tea', 0, 1.0, '[]')
+    >>> context_record(ctx, "cups", 5_000, 4.0, {"tea": 7.0}.get)
+    ('cups', 5000, 4.0, '[["tea",2.0,7.0]]')
+    """
+    if context.size == 0:
+        return None
+    pairs = [[x, w, popularity(x) or 0.0] for x, w in context.push(item, ts, weight)]
+    return item, ts, float(weight), orjson.dumps(pairs).decode()
+
+
+def encode_counts(counts: NeighbourCounts) -> bytes:
+    """Bytes kept in Flink state."""
+    return orjson.dumps(counts.to_dict())
+
+
+def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:
+    """Inverse of :func:`encode_counts`; ``None`` (no state yet) gives empty counts."""
+    counts = NeighbourCounts(settings.neighbour_max, settings.neighbour_half_life_s)
+    return counts.load(orjson.loads(bytes(raw))) if raw else counts
+
+
+class ListQueue:
+    """Items whose list is due, each with a snapshot of its counts; one batch at a time.
+
+    A batch opens when the first item is marked into an empty queue and is due
+    ``interval_ms`` later (at once when it holds ``max_items``); items marked meanwhile join
+    it, so an item's list is written at most once per interval and writes are batched.
+
+    >>> q = ListQueue(interval_ms=1000, max_items=2)
+    >>> q.mark("a", NeighbourCounts(), now_ms=0), q.is_due(999), q.is_due(1000)
+    (1000, False, True)
+    >>> sorted(q.take()), q.dirty, q.last_flushed
+    (['a'], {}, {'a'})
+    """
+
+    def __init__(self, interval_ms: int, max_items: int = _MAX_BATCH_ITEMS) -> None:
+        self.interval_ms, self.max_items = interval_ms, max_items
+        self.dirty: dict[str, NeighbourCounts] = {}
+        self.last_flushed: set[str] = set()
+        self.due_at: int | None = None
+
+    def mark(self, item: str, counts: NeighbourCounts, now_ms: int) -> int:
+        """Queue ``item`` with ``counts`` (replacing an older snapshot); when the batch is due."""
+        if not self.dirty or self.due_at is None:
+            self.due_at = now_ms + self.interval_ms
+        self.dirty[item] = counts
+        return self.due_at
+
+    def is_due(self, now_ms: int) -> bool:
+        """Whether the open batch should be written now."""
+        if not self.dirty or self.due_at is None:
+            return False
+        return now_ms >= self.due_at or len(self.dirty) >= self.max_items
+
+    def take(self) -> dict[str, NeighbourCounts]:
+        """Remove and return every queued item."""
+        batch, self.dirty = self.dirty, {}
+        self.last_flushed = set(batch)
+        self.due_at = None
+        return batch
+
+
+class ItemNeighbours(KeyedProcessFunction):
+    """Keyed by item: learns each item-context record and keeps the item's list fresh."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        s = self.settings
+        descriptor = ValueStateDescriptor("neighbours", _BYTES)
+        ttl = (
+            StateTtlConfig.new_builder(Time.seconds(s.neighbour_state_ttl_s))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build()
+        )
+        descriptor.enable_time_to_live(ttl)
+        self.state = runtime_context.get_state(descriptor)
+        self.queue = ListQueue(s.neighbour_flush_ms)
+        self.redis = redis.Redis.from_url(s.redis_url)
+        self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
+        self.metrics = job_metrics()
+        serve(s.metrics_port, s.metrics_bind)
+
+    def close(self) -> None:
+        release()
+        client = getattr(self, "redis", None)
+        if client is not None:
+            client.close()
+
+    def process_element(self, value: tuple[Any, ...], ctx: Any):
+        item, ts, weight, context = value
+        counts = decode_counts(self.state.value(), self.settings)
+        counts.add(ts, weight, [(x, w, p) for x, w, p in orjson.loads(context)])
+        self.state.update(encode_counts(counts))
+        self.metrics.neighbour_updates.inc()
+        self._queue(item, counts, ctx)
+        yield from ()
+
+    def on_timer(self, timestamp: int, ctx: Any):
+        item = ctx.get_current_key()
+        if item not in self.queue.dirty and item not in self.queue.last_flushed:
+            raw = self.state.value()  # a timer restored from a checkpoint: queue lost
+            if raw:
+                self._queue(item, decode_counts(raw, self.settings), ctx)
+        if self.queue.is_due(_now_ms()):
+            self._flush()
+        yield from ()
+
+    def _queue(self, item: str, counts: NeighbourCounts, ctx: Any) -> None:
+        queued = item in self.queue.dirty
+        due = self.queue.mark(item, counts, _now_ms())
+        if not queued:  # one timer per item per batch
+            ctx.timer_service().register_processing_time_timer(due)
+        if self.queue.is_due(_now_ms()):
+            self._flush()
+
+    def _flush(self) -> None:
+        batch = self.queue.take()
+        now, top_n = _now_ms(), self.settings.top_n
+        entries = []
+        for item, counts in batch.items():
+            ranked = counts.top(top_n)
+            if ranked:  # an item never seen with another has no list
+                rec = ItemList(item, STRATEGY, counts.now, now, ranked)
+                entries.append((item_list_suffix(item), encode_item_list(rec)))
+        self.writer.write_batch(entries)
+        self.metrics.neighbour_lists_written.inc(len(entries))
+        if entries:
+            self.metrics.neighbour_batch_items.observe(len(entries))
+
+
+def _now_ms() -> int:
+    return math.floor(time.time() * 1000)

@@ -1,0 +1,187 @@
+"""Item-to-item neighbours ("similar items"), learnt one event at a time: bounded, decayed.
+
+Two pure pieces, one per side of the streaming job:
+
+:class:`ItemContext` (one per user): the user's last ``size`` distinct items, each with the
+event time and the largest action weight seen for it. :meth:`ItemContext.push` gives the
+*context* of a new event on item ``y``: every other remembered item ``x`` the user touched
+at most ``gap_ms`` before (or after, for an out-of-order event) with the pair weight
+``sqrt(w_y * w_x)`` (two purchases count more than two views), then makes ``y`` the newest.
+State: at most ``size`` ``(item, ts, weight)`` entries.
+
+:class:`NeighbourCounts` (one per item ``y``): ``n``, the decayed sum of the weights of the
+events on ``y``, and per neighbour ``x`` the decayed sum of pair weights ``c(x)`` plus the
+latest known popularity ``p(x)`` of ``x``. Decay is exponential in event time with half-life
+``half_life_s``; values are stored relative to a per-item landmark time, so an update
+touches only the neighbours in its context (no pass over all of them), and are rescaled
+when the landmark is more than 32 half-lives old. The ranked list :meth:`NeighbourCounts.top`
+scores ``x`` by ``c(x) / sqrt(max(n, 1) * max(p(x), 1))``: a cosine-like normalisation, so an
+item everybody touches (large ``p``) does not top every list, and scores of different items'
+lists are comparable (a cart merges several).
+
+Memory bound (eviction rule): an item keeps at most ``2 * max_neighbours`` neighbours. When
+one more arrives, the ``max_neighbours`` with the largest decayed pair weight are kept and the
+rest dropped (ties: smaller item id kept), so pruning costs ``O(max_neighbours log
+max_neighbours)`` once per ``max_neighbours`` new neighbours. A pruned pair restarts from zero
+if it comes back: kept weights are lower bounds for the strong pairs, which is what a top-K
+list needs. Pruning ranks by evidence (pair weight), not by the normalised score, so a single
+co-occurrence with a rarely seen item cannot push out well-supported neighbours.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["ItemContext", "NeighbourCounts"]
+
+_RESCALE_HALF_LIVES = 32.0
+
+
+class ItemContext:
+    """The last ``size`` distinct items of one user, with time and weight, oldest first.
+
+    >>> ctx = ItemContext(size=2, gap_ms=60_000)
+    >>> ctx.push("tea", 0, 1.0)
+    []
+    >>> ctx.push("milk", 10_000, 4.0)
+    [('tea', 2.0)]
+    >>> ctx.push("cups", 200_000, 1.0)   # more than gap_ms after milk: a new session
+    []
+    >>> [item for item, _, _ in ctx.entries]   # bounded to size=2, newest last
+    ['milk', 'cups']
+    """
+
+    __slots__ = ("entries", "gap_ms", "size")
+
+    def __init__(self, size: int = 5, gap_ms: int = 1_800_000) -> None:
+        if size < 0 or gap_ms < 0:
+            raise ValueError("size and gap_ms must be >= 0")
+        self.size, self.gap_ms = size, gap_ms
+        self.entries: list[list[Any]] = []  # [item, ts, weight], oldest first
+
+    def push(self, item: str, ts: int, weight: float) -> list[tuple[str, float]]:
+        """The context of an event on ``item``, newest first; then ``item`` becomes newest."""
+        context = [
+            (other, math.sqrt(weight * w))
+            for other, t, w in reversed(self.entries)
+            if other != item and abs(ts - t) <= self.gap_ms
+        ]
+        previous = next((e for e in self.entries if e[0] == item), None)
+        if previous is not None:
+            self.entries.remove(previous)
+            weight = max(weight, previous[2])
+            ts = max(ts, previous[1])
+        self.entries.append([item, ts, weight])
+        del self.entries[: max(0, len(self.entries) - self.size)]
+        return context
+
+    def to_list(self) -> list[list[Any]]:
+        """JSON-ready state."""
+        return self.entries
+
+    def load(self, entries: Iterable[Iterable[Any]]) -> ItemContext:
+        """Restore from :meth:`to_list` output (cut to ``size``)."""
+        loaded = [[str(i), int(t), float(w)] for i, t, w in entries]
+        self.entries = loaded[max(0, len(loaded) - self.size) :]
+        return self
+
+
+class NeighbourCounts:
+    """Decayed co-occurrence weights of one item with its neighbours, bounded.
+
+    >>> nb = NeighbourCounts(max_neighbours=2, half_life_s=3600)
+    >>> nb.add(0, 1.0, [("a", 1.0, 10.0), ("b", 1.0, 1.0)])
+    >>> nb.top(2)   # same evidence: the less popular neighbour scores higher
+    [('b', 1.0), ('a', 0.31623)]
+    >>> nb.add(3_600_000, 1.0, [("a", 1.0, 0.0)])   # one half-life later; 0 = popularity unknown
+    >>> nb.decayed("a"), nb.decayed("b")
+    (1.5, 0.5)
+    """
+
+    __slots__ = ("counts", "half_life_ms", "landmark", "max_neighbours", "n", "now")
+
+    def __init__(self, max_neighbours: int = 100, half_life_s: float = 7 * 86400) -> None:
+        if max_neighbours < 1 or half_life_s <= 0:
+            raise ValueError("max_neighbours must be >= 1 and half_life_s > 0")
+        self.max_neighbours = max_neighbours
+        self.half_life_ms = half_life_s * 1000.0
+        self.landmark: int | None = None  # event time (ms) the stored values are relative to
+        self.now = 0  # largest event time seen (ms)
+        self.n = 0.0  # decayed weight of the item's own events, in landmark units
+        self.counts: dict[str, list[float]] = {}  # x -> [pair weight in landmark units, p(x)]
+
+    def add(self, ts: int, weight: float, context: Iterable[tuple[str, float, float]]) -> None:
+        """One event of weight ``weight`` on this item at ``ts`` with its context
+        ``(x, pair weight, popularity of x or 0 when unknown)``."""
+        if self.landmark is None:
+            self.landmark = ts
+        elif (ts - self.landmark) / self.half_life_ms > _RESCALE_HALF_LIVES:
+            self._rescale(ts)
+        self.now = max(self.now, ts)
+        grow = 2.0 ** ((ts - self.landmark) / self.half_life_ms)
+        self.n += weight * grow
+        counts = self.counts
+        for other, pair_weight, popularity in context:
+            entry = counts.get(other)
+            if entry is None:
+                counts[other] = [pair_weight * grow, float(popularity)]
+                continue
+            entry[0] += pair_weight * grow
+            if popularity > 0:
+                entry[1] = float(popularity)
+        if len(counts) > 2 * self.max_neighbours:
+            self._prune()
+
+    def decayed(self, other: str) -> float:
+        """The pair weight of ``other`` decayed to the latest event time (0 when unknown)."""
+        entry = self.counts.get(other)
+        return 0.0 if entry is None else entry[0] * self._factor()
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best neighbours with their normalised scores (5 decimals), best first."""
+        factor = self._factor()
+        own = max(self.n * factor, 1.0)
+        scored = (
+            (other, pair * factor / math.sqrt(own * max(popularity, 1.0)))
+            for other, (pair, popularity) in self.counts.items()
+        )
+        best = heapq.nsmallest(k, scored, key=lambda kv: (-kv[1], kv[0]))
+        return [(other, round(score, 5)) for other, score in best]
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return {"l": self.landmark, "t": self.now, "n": self.n, "c": self.counts}
+
+    def load(self, state: dict[str, Any]) -> NeighbourCounts:
+        """Restore from :meth:`to_dict` output."""
+        self.landmark, self.now, self.n = state["l"], state["t"], state["n"]
+        self.counts = state["c"]
+        if len(self.counts) > 2 * self.max_neighbours:  # max_neighbours was lowered
+            self._prune()
+        return self
+
+    def _factor(self) -> float:
+        """Stored value -> value decayed to ``now``."""
+        if self.landmark is None:
+            return 1.0
+        return 2.0 ** (-(self.now - self.landmark) / self.half_life_ms)
+
+    def _rescale(self, ts: int) -> None:
+        assert self.landmark is not None
+        shrink = 2.0 ** (-(ts - self.landmark) / self.half_life_ms)
+        self.n *= shrink
+        for entry in self.counts.values():
+            entry[0] *= shrink
+        self.landmark = ts
+
+    def _prune(self) -> None:
+        keep = heapq.nsmallest(
+            self.max_neighbours, self.counts.items(), key=lambda kv: (-kv[1][0], kv[0])
+        )
+        self.counts = dict(keep)
