@@ -135,7 +135,8 @@ def test_kill_and_restore_loses_and_doubles_nothing(
     # the same events, arriving over time, killed mid-stream, restored from a checkpoint
     crashed = job_settings(broker, redis_url, f"{tag}b", tmp_path / "b")
     job = _start(crashed, tmp_path, "crashed")
-    feeder = threading.Thread(target=_produce_paced, args=(crashed, events, 2000.0))
+    # paced over 24 s, so a checkpoint lands (and the kill comes) while events still arrive
+    feeder = threading.Thread(target=_produce_paced, args=(crashed, events, 1000.0))
     try:
         _wait(lambda: _metrics_up(crashed), job)  # operators are open: feed from now on
         feeder.start()

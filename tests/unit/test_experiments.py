@@ -165,3 +165,28 @@ def test_probability_to_beat_agrees_with_monte_carlo() -> None:
     b = rng.beta(1 + 55, 1 + 945, 400_000)
     assert prob_to_beat(40, 1000, 55, 1000) == pytest.approx(float(np.mean(b > a)), abs=3e-3)
     assert prob_to_beat(55, 1000, 40, 1000) == pytest.approx(1 - prob_to_beat(40, 1000, 55, 1000))
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta"),
+    [
+        ([2, 1], [50, 3]),
+        ([31, 40], [971, 962]),
+        ([3001, 3301], [97001, 96701]),
+        ([5, 6, 7], [99] * 3),
+    ],
+)
+def test_propensities_match_an_independent_quadrature(alpha: list[int], beta: list[int]) -> None:
+    # reference: P_i = E_{x ~ Beta_i}[prod_j F_j(x)] on 20,000 quantiles of arm i (a different
+    # rule, on the inverse incomplete beta, than the implementation's grid of pdfs)
+    from scipy import special
+
+    u = (np.arange(20_000) + 0.5) / 20_000
+    reference = []
+    for i in range(len(alpha)):
+        x = special.betaincinv(alpha[i], beta[i], u)
+        others = [special.betainc(alpha[j], beta[j], x) for j in range(len(alpha)) if j != i]
+        reference.append(float(np.mean(np.prod(others, axis=0))))
+    bandit = ThompsonBandit(len(alpha))
+    bandit.alpha, bandit.beta = np.array(alpha, float), np.array(beta, float)
+    assert bandit.propensities() == pytest.approx(reference, abs=1e-4)
