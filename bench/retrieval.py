@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.common import Results, median_seconds, say
 from connectors.datasets import completejourney_events
-from flywheel.settings import Settings
+from flywheel.settings import load_settings
 from online_models.candidates import ClusteredIndex
 from online_models.implicit_mf import ImplicitMF
 from online_models.topn import top_n
@@ -63,7 +63,7 @@ def _random_table(n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _compare(
     name: str, factors: np.ndarray, bias: np.ndarray, users: np.ndarray, repeats: int
 ) -> Results:
-    defaults = Settings()
+    defaults = load_settings()
     index = ClusteredIndex(n_probe=defaults.ann_probe, refresh_s=defaults.ann_refresh_s)
     started = time.perf_counter()
     index.maybe_refresh(factors, bias, now_s=0.0)

@@ -1,6 +1,7 @@
 """Entry of ``make bench``: ``python -m bench.run_all [--quick] [--full] [--only NAME]``.
 
-Runs the model benchmarks (:mod:`bench.model`), then the pipeline benchmark
+Runs the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
+(:mod:`bench.retrieval`), then the pipeline benchmark
 (:mod:`bench.pipeline`), merges their figures into ``bench/results/latest.json`` (keys this run
 did not recompute are kept), plots freshness against offered load into
 ``bench/results/freshness_vs_load.png`` when matplotlib is importable, and prints a table.
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import model, pipeline
+from bench import model, pipeline, retrieval
 from bench.common import (
     LATEST,
     RESULTS_DIR,
@@ -31,7 +32,7 @@ from bench.common import (
 
 __all__ = ["main", "plot_freshness"]
 
-BENCHMARKS = ("model", "pipeline")
+BENCHMARKS = ("model", "retrieval", "pipeline")
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
 _FRESHNESS_KEY = re.compile(r"^pipeline\.freshness_p(50|99)_ms_at_(\d+)eps$")
 
@@ -113,6 +114,10 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
     if "model" in selected:
         say("=== model benchmarks (no Flink) ===")
         new.update(model.run(quick=args.quick, full=args.full))
+        merge_results(new)
+    if "retrieval" in selected:
+        say("=== clustered vs exact top-N retrieval (no Flink) ===")
+        new.update(retrieval.run(quick=args.quick))
         merge_results(new)
     if "pipeline" in selected:
         say("=== pipeline benchmark (broker + Redis + Flink job) ===")

@@ -12,9 +12,10 @@ when an experiment runs the user's last impressions (:mod:`flink_jobs.arm_tracke
 the shared item table (broadcast ``MapState``: item id -> float32 factors + bias, see
 :mod:`flink_jobs.item_sync`), pending processing-time timers (one per dirty user, aligned to the
 coalescing interval). In memory only, rebuilt after a restore: the local item table, the
-clustered top-N index (:mod:`online_models.candidates`), the refresh queue and the windowed
-trending counts (trending restarts empty after a restore and
-refills from new events).
+clustered top-N index (:mod:`online_models.candidates`), decoded states of recently active
+users (:mod:`flink_jobs.state_cache`, a cache over the Flink state), the refresh queue and
+the windowed trending counts (trending restarts empty after a restore and refills from new
+events).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
+from flink_jobs.state_cache import DecodedStates
 from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
@@ -62,6 +64,7 @@ _BYTES = Types.PICKLED_BYTE_ARRAY()
 ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), _BYTES)
 _MAX_UNPUBLISHED = 2048
 _MAX_BATCH_USERS = 1024
+_DECODED_STATES = 20_000  # users whose decoded state is kept between their events
 _TRENDING_EVERY_MS = 1000
 
 
@@ -91,6 +94,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.popularity = WindowedPopularity(s.trending_window_s)
         self.queue = RefreshQueue(s.coalesce_ms, _MAX_BATCH_USERS)
         self.index = make_index(s)
+        self.states = DecodedStates(_DECODED_STATES)
         threadpool_limits(s.blas_threads, "blas")  # process-wide: small products, shared cores
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
@@ -119,9 +123,11 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if action == "forget":
             self._forget(user)
             return
-        state = decode_state(self.user_state.value(), self.settings)
+        raw = self.user_state.value()
+        state = self.states.take(user, raw, self.settings)
         if event_id in state.recent_ids:
             self.metrics.events.labels(action, "duplicate").inc()
+            self.states.put(user, raw, state)  # unchanged
             return
         state.recent_ids.append(event_id)
         if self.arms:  # per-arm counts of the experiment (impressions, attributed actions)
@@ -146,7 +152,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
                 self.metrics.model_updates.inc()
                 if self.index is not None:
                     self.index.note_positives((self.model.items.index[item],))
-        self.user_state.update(encode_state(state))
+        raw = encode_state(state)
+        self.user_state.update(raw)
+        self.states.put(user, raw, state)
         self.metrics.events.labels(action, "accepted").inc()
         if weight > 0:  # impressions change no ranking: no refresh (they are the most events)
             queued = user in self.queue.dirty
@@ -194,6 +202,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     def _forget(self, user: str) -> None:
         """Right to be forgotten: drop the user's state, queued refresh and Redis keys."""
         self.user_state.clear()
+        self.states.drop(user)
         if self.arms:
             self.arms.forget()
         self.queue.dirty.pop(user, None)
