@@ -12,6 +12,9 @@ State kept per user (all bounded):
   the ``purchased_max`` most recently purchased distinct items, and the ``cart_max`` items most
   recently added to the cart and not purchased since (``cart``, newest last).
 
+Impressions (lists shown) are counted in the totals and windows but are not shopper choices:
+they do not enter ``recent``, the category counts, or the cart/purchase lists.
+
 Late events: an event older than the watermark is *late*. It is still learnt from by the model
 and counted in the lifetime and category counts, but it is not added to the window counts
 (the windows it belonged to are treated as closed, as Flink does for elements beyond the
@@ -89,9 +92,10 @@ class UserFeatures:
     def add(self, item: str, action: str, ts: int, category: str = "") -> bool:
         """Record one accepted event; returns False when it was late for the windows."""
         self.totals[action] = self.totals.get(action, 0) + 1
-        if category:
-            self._count_category(category)
-        self._remember(item, action)
+        if action != "impression":  # shown is not chosen: only shopper actions are remembered
+            if category:
+                self._count_category(category)
+            self._remember(item, action)
         on_time = ts >= self.max_ts - self.out_of_orderness_ms
         if not on_time:
             self.late += 1

@@ -80,3 +80,12 @@ def test_cart_and_item_context_round_trip_and_old_state_still_decodes() -> None:
     back = decode_state(struct.pack("<I", len(old)) + old + raw[4 + length :], settings)
     assert back.features.cart == [] and back.context.entries == []
     assert back.features.recent == ["a", "b", "c", "d", "b"]
+
+
+def test_impressions_are_counted_but_not_remembered_as_choices() -> None:
+    features = new_features(load_settings())
+    features.add("shown", "impression", 1_700_000_000_000, "tea")
+    features.add("clicked", "click", 1_700_000_000_001, "tea")
+    assert features.recent == ["clicked"]
+    assert features.categories == {"tea": 1}
+    assert features.totals == {"impression": 1, "click": 1}
