@@ -291,7 +291,8 @@ def test_healthz_metrics_and_docs(api: httpx.Client) -> None:
     text = api.get("/metrics").text
     assert 'flywheel_api_request_seconds_count{endpoint="/v1/recommendations",status="200"}' in text
     assert 'flywheel_api_requests_total{endpoint="/v1/recommendations",status="422"}' in text
-    assert "user_id" not in text.replace('endpoint="/v1/users/{user_id}"', "")
+    templates = ('endpoint="/v1/users/{user_id}"', 'endpoint="/v1/users/{user_id}/features"')
+    assert "user_id" not in text.replace(templates[0], "").replace(templates[1], "")  # no raw ids
     assert api.get("/docs").status_code == 200
     assert "/v1/recommendations" in api.get("/openapi.json").json()["paths"]
 
