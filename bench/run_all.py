@@ -1,11 +1,14 @@
 """Entry of ``make bench``: ``python -m bench.run_all [--quick] [--full] [--only NAME]``.
 
 Runs the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
-(:mod:`bench.retrieval`), then the pipeline benchmark
-(:mod:`bench.pipeline`), merges their figures into ``bench/results/latest.json`` (keys this run
-did not recompute are kept), plots freshness against offered load into
-``bench/results/freshness_vs_load.png`` when matplotlib is importable, and prints a table.
-Figures measured before a failure or Ctrl-C are still saved.
+(:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`),
+the serving benchmark (:mod:`bench.serving`: Redis lookups and the API under load) and the
+memory benchmark (:mod:`bench.memory`), in that order, merges their figures into
+``bench/results/latest.json`` (keys this run did not recompute are kept), plots freshness
+against offered load into ``bench/results/freshness_vs_load.png`` when matplotlib is
+importable, and prints a table.
+Figures measured before a failure or Ctrl-C are still saved. ``--only flywheel`` runs the
+closed-loop shopper simulation (:mod:`bench.closed_loop`, 10 minutes; ``--quick``: 4).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import model, pipeline, retrieval
+from bench import closed_loop, memory, model, pipeline, retrieval, serving
 from bench.common import (
     LATEST,
     RESULTS_DIR,
@@ -32,7 +35,7 @@ from bench.common import (
 
 __all__ = ["main", "plot_freshness"]
 
-BENCHMARKS = ("model", "retrieval", "pipeline")
+BENCHMARKS = ("model", "retrieval", "pipeline", "serving", "memory", "flywheel")
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
 _FRESHNESS_KEY = re.compile(r"^pipeline\.freshness_p(50|99)_ms_at_(\d+)eps$")
 
@@ -122,6 +125,18 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
     if "pipeline" in selected:
         say("=== pipeline benchmark (broker + Redis + Flink job) ===")
         pipeline.run(quick=args.quick, into=new)
+        merge_results(new)
+    if "serving" in selected:
+        say("=== serving benchmark (Redis lookups, recommendation API) ===")
+        serving.run(quick=args.quick, into=new)
+        merge_results(new)
+    if "memory" in selected:
+        say("=== memory benchmark (Flink state, Redis, item table) ===")
+        memory.run(quick=args.quick, into=new)
+    if "flywheel" in selected:
+        say("=== closed loop: simulated shoppers against the API, job and Redis ===")
+        new.update(closed_loop.run(quick=args.quick))
+        merge_results(new)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -229,6 +229,33 @@ class SyntheticShop:
         """The category of an item."""
         return self._item_cat_names[int(str(item_id).removeprefix("i"))]
 
+    def item_attributes(self, item_id: str | int) -> dict[str, Any]:
+        """An item's ``category``, ``brand`` and ``price``, as its events carry them."""
+        item = int(str(item_id).removeprefix("i"))
+        return {
+            "category": self._item_cat_names[item],
+            "brand": self._brands[item],
+            "price": self._price[item],
+        }
+
+    def browse(self, user_id: str | int, count: int, rng: np.random.Generator) -> list[str]:
+        """``count`` items a user looks at, drawn as :meth:`events` draws them (a category
+        from the user's taste or, with probability ``explore``, any; an item by popularity).
+
+        >>> shop = SyntheticShop(n_users=5, n_items=300, seed=2)
+        >>> items = shop.browse("u1", 200, np.random.default_rng(0))
+        >>> share = sum(shop.item_category(i) in shop.taste("u1") for i in items) / len(items)
+        >>> share > 0.8
+        True
+        """
+        user = int(str(user_id).removeprefix("u"))
+        slot = np.minimum((rng.random(count)[:, None] > np.cumsum(self._taste_w[user])).sum(1), 2)
+        cats = self._taste_cat[user, slot]
+        explored = rng.random(count) < self.explore
+        cats[explored] = rng.integers(0, self.n_categories, int(explored.sum()))
+        pick = np.searchsorted(self._cdf, cats + rng.random(count), side="right")
+        return [self._items[i] for i in self._order[np.minimum(pick, len(self._order) - 1)]]
+
     def events(self, n_events: int) -> Iterator[dict[str, Any]]:
         """The first ``n_events`` events; every call yields the same stream."""
         rng = np.random.default_rng([self.seed, 1])

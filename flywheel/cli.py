@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job(commands)
     _add_api(commands)
     _add_ab_report(commands)
+    _add_simulate(commands)
     return parser
 
 
@@ -158,6 +159,48 @@ def _add_api(commands: Any) -> None:
     api.add_argument("--host", help="address to bind (default: FLYWHEEL_API_HOST)")
     api.add_argument("--port", type=int, help="port (default: FLYWHEEL_API_PORT)")
     api.set_defaults(handler=_api)
+
+
+def _add_simulate(commands: Any) -> None:
+    sim = commands.add_parser(
+        "simulate",
+        help="closed-loop simulated shoppers against the running API",
+        description="Simulated shoppers with hidden tastes ask the API for their home list, "
+        "react to it (click, add to cart, purchase) and browse on their own; every event goes "
+        "through POST /v1/events. Prints CTR per arm; writes results.json and ctr_by_arm.png.",
+    )
+    sim.add_argument("--api", help="API base URL (default: from FLYWHEEL_API_HOST/PORT)")
+    sim.add_argument("--duration", type=_positive, default=300.0, help="seconds (default 300)")
+    sim.add_argument("--rate", type=_positive, default=20.0, help="visits/s (default 20)")
+    sim.add_argument("--shoppers", type=int, default=2000, help="population (default 2000)")
+    sim.add_argument("--items", type=int, default=2000, help="catalogue size (default 2000)")
+    sim.add_argument("--categories", type=int, default=20, help="categories (default 20)")
+    sim.add_argument(
+        "--organic", type=float, default=1.0, help="organic events per visit, mean (default 1)"
+    )
+    sim.add_argument(
+        "--min-requests",
+        type=int,
+        default=0,
+        help="count only lists of shoppers past their first N visits (default 0: all)",
+    )
+    sim.add_argument("--bucket", type=_positive, default=10.0, help="CTR time bucket, s")
+    sim.add_argument("--every", type=_positive, default=10.0, help="progress every N s")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--out", default=None, help="output dir (default FLYWHEEL_VAR_DIR/simulator)")
+    sim.set_defaults(handler=_simulate)
+
+
+def _positive(text: str) -> float:
+    """A float > 0.
+
+    >>> _positive("2.5")
+    2.5
+    """
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def _add_ab_report(commands: Any) -> None:
@@ -290,6 +333,19 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     run_stack(settings, args)
     return 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from connectors.api_client import ApiError
+    from connectors.simulate import main as simulate
+
+    if args.out is None:
+        args.out = str(settings.var_dir / "simulator")
+    try:
+        return simulate(settings, args)
+    except (ApiError, ValueError) as exc:
+        print(f"flywheel simulate: {exc}", file=sys.stderr)
+        return 1
 
 
 def _ab_report(settings: Settings, args: argparse.Namespace) -> int:
