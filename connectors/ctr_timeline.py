@@ -4,7 +4,8 @@ An *arm* is whatever produced a served list (today the response's ``strategy``:
 ``online_mf`` or ``trending``). :class:`CtrTimeline` counts lists, impressions (items shown),
 clicks, cart adds and purchases per arm in time buckets of ``bucket_s`` seconds since the
 start of the run. State: one :class:`ArmCounts` per (bucket, arm) seen, so it grows by at most
-one entry per arm per ``bucket_s`` of run time.
+one entry per arm per ``bucket_s`` of run time. A lock makes it safe to read while another
+thread records (``flywheel run`` prints CTR while its traffic thread simulates).
 
 :func:`plot_ctr` draws CTR per arm over time (and the lists served per arm) into a PNG;
 :func:`ctr_ratio` divides two arms' CTRs.
@@ -13,8 +14,9 @@ one entry per arm per ``bucket_s`` of run time.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,24 +74,28 @@ class CtrTimeline:
             raise ValueError("bucket_s must be > 0")
         self.bucket_s = bucket_s
         self._buckets: dict[int, dict[str, ArmCounts]] = {}
+        self._lock = threading.RLock()
 
     def record(self, at_s: float, arm: str, counts: ArmCounts) -> None:
         """Count one served list (or several) of ``arm`` at ``at_s`` seconds into the run."""
-        bucket = self._buckets.setdefault(int(at_s // self.bucket_s), {})
-        bucket.setdefault(arm, ArmCounts()).add(counts)
+        with self._lock:
+            bucket = self._buckets.setdefault(int(at_s // self.bucket_s), {})
+            bucket.setdefault(arm, ArmCounts()).add(counts)
 
     @property
     def arms(self) -> list[str]:
         """Every arm seen, sorted."""
-        return sorted({arm for bucket in self._buckets.values() for arm in bucket})
+        with self._lock:
+            return sorted({arm for bucket in self._buckets.values() for arm in bucket})
 
     def series(self, arm: str) -> list[tuple[float, ArmCounts]]:
         """``(bucket start in s, counts)`` of ``arm``, for every bucket where it served."""
-        return [
-            (index * self.bucket_s, arms[arm])
-            for index, arms in sorted(self._buckets.items())
-            if arm in arms
-        ]
+        with self._lock:
+            return [
+                (index * self.bucket_s, replace(arms[arm]))
+                for index, arms in sorted(self._buckets.items())
+                if arm in arms
+            ]
 
     def trailing(self, arm: str, buckets: int) -> list[tuple[float, ArmCounts]]:
         """``(bucket end in s, counts of arm over the last ``buckets`` buckets)`` for every
@@ -100,10 +106,11 @@ class CtrTimeline:
         >>> [(end, c.clicks) for end, c in t.trailing("a", 2)]
         [(10, 0), (20, 1), (30, 3)]
         """
-        own = dict(self.series(arm))
-        if not own:
-            return []
-        first, last = min(own), max(self._buckets) * self.bucket_s
+        with self._lock:
+            own = dict(self.series(arm))
+            if not own:
+                return []
+            first, last = min(own), max(self._buckets) * self.bucket_s
         out, index = [], round(first / self.bucket_s)
         while index * self.bucket_s <= last:
             window = ArmCounts()
@@ -115,11 +122,12 @@ class CtrTimeline:
 
     def totals(self, since_s: float = 0.0) -> dict[str, ArmCounts]:
         """Counts per arm over the buckets that start at or after ``since_s``."""
-        out: dict[str, ArmCounts] = {arm: ArmCounts() for arm in self.arms}
-        for index, arms in self._buckets.items():
-            if index * self.bucket_s >= since_s:
-                for arm, counts in arms.items():
-                    out[arm].add(counts)
+        with self._lock:
+            out: dict[str, ArmCounts] = {arm: ArmCounts() for arm in self.arms}
+            for index, arms in self._buckets.items():
+                if index * self.bucket_s >= since_s:
+                    for arm, counts in arms.items():
+                        out[arm].add(counts)
         return out
 
     def to_dict(self) -> dict[str, Any]:

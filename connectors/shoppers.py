@@ -42,12 +42,12 @@ class SimConfig:
     enter the CTR timeline (0 = every list); ``bucket_s`` is the timeline's bucket width.
     """
 
-    shoppers: int = 300
-    items: int = 2000
-    categories: int = 20
+    shoppers: int = 2000
+    items: int = 300
+    categories: int = 15
     k: int = 10
-    new_shopper_share: float = 0.1
-    organic_per_visit: float = 1.0
+    new_shopper_share: float = 0.05
+    organic_per_visit: float = 3.0
     click_top: float = 0.4
     click_floor: float = 0.02
     position_decay: float = 0.85

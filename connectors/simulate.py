@@ -99,15 +99,16 @@ def save_run(sim: Simulator, out_dir: Path, title: str) -> tuple[Path, Path | No
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
     """Run ``flywheel simulate``; the exit status (1 when the API fails)."""
-    config = SimConfig(
-        shoppers=args.shoppers,
-        items=args.items,
-        categories=args.categories,
-        organic_per_visit=args.organic,
-        min_requests=args.min_requests,
-        bucket_s=args.bucket,
-        seed=args.seed,
-    )
+    given = {
+        "shoppers": args.shoppers,
+        "items": args.items,
+        "categories": args.categories,
+        "organic_per_visit": args.organic,
+        "min_requests": args.min_requests,
+        "bucket_s": args.bucket,
+        "seed": args.seed,
+    }
+    config = SimConfig(**{name: value for name, value in given.items() if value is not None})
     base_url = args.api or api_url(settings)
     print(f"waiting for the API at {base_url} ...", flush=True)
     wait_for_api(base_url)

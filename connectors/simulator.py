@@ -34,7 +34,15 @@ from connectors.api_client import ApiClient, ApiError, ServedList
 from connectors.ctr_timeline import ArmCounts, CtrTimeline, ctr_ratio
 from connectors.shoppers import Shopper, ShopperModel, SimConfig
 
-__all__ = ["PERSONAL_ARM", "TRENDING_ARM", "SimReport", "Simulator", "Visit", "arm_of"]
+__all__ = [
+    "PERSONAL_ARM",
+    "TRENDING_ARM",
+    "SimReport",
+    "Simulator",
+    "Visit",
+    "arm_of",
+    "events_per_visit",
+]
 
 PERSONAL_ARM, TRENDING_ARM = "online_mf", "trending"
 _MAX_CONSECUTIVE_ERRORS = 20
@@ -45,6 +53,16 @@ def arm_of(served: ServedList) -> str:
     in the ``online_mf`` arm without a personal list yet still counts for ``online_mf``),
     else the strategy that served it."""
     return served.arm or served.strategy
+
+
+def events_per_visit(config: SimConfig) -> float:
+    """About how many events one visit puts on the events topic: the organic ones, the
+    list's impressions (logged by the API) and about one reaction.
+
+    >>> events_per_visit(SimConfig(organic_per_visit=3.0, k=10))
+    14.0
+    """
+    return config.organic_per_visit + config.k + 1.0
 
 
 @dataclass(frozen=True)

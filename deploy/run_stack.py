@@ -22,7 +22,7 @@ import urllib.request
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import RedisError
@@ -33,6 +33,9 @@ from connectors.replay import TokenBucket
 from deploy.job_process import JobProcess
 from deploy.local_stack import HOST, LocalStack, ServiceError
 from flywheel.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.simulator import Simulator, Visit
 
 __all__ = ["JobSnapshot", "bucket_quantile", "main", "parse_snapshot"]
 
@@ -122,7 +125,8 @@ def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float |
 
 
 class _Traffic(threading.Thread):
-    """Demo events at ``rate``/s (changeable while running), retimed, plus a few malformed ones.
+    """Demo events at ``rate``/s (changeable while running), retimed, plus a few malformed ones;
+    or, for ``simulator``, closed-loop shoppers using the API at about ``rate`` events/s.
 
     ``recent`` holds the last user ids sent (copy it with ``list()``, atomic under the GIL)."""
 
@@ -133,8 +137,15 @@ class _Traffic(threading.Thread):
         self.sent = self.malformed = 0
         self.error: BaseException | None = None
         self.recent: deque[str] = deque(maxlen=_RECENT)
+        self.simulator: Simulator | None = None
 
     def run(self) -> None:
+        if self.kind == "simulator":
+            try:
+                self._simulate()
+            except Exception as exc:  # reported by the supervising loop
+                self.error = exc
+            return
         try:
             producer = EventProducer(self.settings)
             try:
@@ -143,6 +154,26 @@ class _Traffic(threading.Thread):
                 producer.close(timeout=5)
         except Exception as exc:  # reported by the supervising loop
             self.error = exc
+
+    def _simulate(self) -> None:
+        """Shoppers of :mod:`connectors.simulator` against the API (see ``flywheel simulate``)."""
+        from connectors.api_client import HttpApiClient
+        from connectors.shoppers import SimConfig
+        from connectors.simulate import api_url, wait_for_api
+        from connectors.simulator import Simulator, events_per_visit
+
+        base_url = api_url(self.settings)
+        wait_for_api(base_url)
+        with HttpApiClient(base_url) as client:
+            self.simulator = Simulator(client, SimConfig())
+            per_visit = events_per_visit(self.simulator.config)
+            self.simulator.run(
+                rate=lambda: self.rate / per_visit, halt=self.halt, on_visit=self._visited
+            )
+
+    def _visited(self, visit: Visit) -> None:
+        self.sent += visit.events_sent
+        self.recent.append(visit.user_id)
 
     def _events(self) -> Iterator[dict[str, Any]]:
         from connectors import datasets
@@ -222,6 +253,12 @@ class _Run:
         if self.traffic is not None:
             self.traffic.halt.set()
             self.traffic.join(timeout=15)
+            if self.traffic.simulator is not None:
+                from connectors.simulate import save_run
+
+                out = self.settings.var_dir / "simulator"
+                results, plot = save_run(self.traffic.simulator, out, "make run: closed loop")
+                self.console.say(f"Simulator results: {results}" + (f", {plot}" if plot else ""))
         self.job.stop()
 
 
@@ -359,6 +396,13 @@ def _status_line(uptime: float, history: Sequence[JobSnapshot], traffic: _Traffi
 
 def _show_shopper(run: _Run, reader: ListReader) -> None:
     """Print the list of the busiest recent shopper of the demo traffic."""
+    simulator = run.traffic.simulator if run.traffic is not None else None
+    if simulator is not None:
+        from connectors.simulate import ctr_line
+
+        report = simulator.report()
+        window = simulator.timeline.totals(since_s=max(0.0, report.elapsed_s - 60.0))
+        run.console.say(f"  simulator, last 60 s: {ctr_line(report, window)}")
     try:
         for user, _ in Counter(list(run.traffic.recent if run.traffic else ())).most_common(20):
             rec = reader.get(user)

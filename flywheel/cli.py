@@ -133,9 +133,10 @@ def _add_run(commands: Any) -> None:
     run = commands.add_parser("run", help="start the local stack, the job and traffic")
     run.add_argument(
         "--traffic",
-        choices=("synthetic", "completejourney", "none"),
+        choices=("synthetic", "completejourney", "simulator", "none"),
         default="synthetic",
-        help="events to generate while running (default: synthetic)",
+        help="events to generate while running (default: synthetic); simulator: closed-loop "
+        "shoppers using the API (see `flywheel simulate`), --rate counts all their events",
     )
     run.add_argument("--rate", type=float, default=200.0, help="traffic events/s (default 200)")
     run.add_argument(
@@ -171,22 +172,20 @@ def _add_simulate(commands: Any) -> None:
     )
     sim.add_argument("--api", help="API base URL (default: from FLYWHEEL_API_HOST/PORT)")
     sim.add_argument("--duration", type=_positive, default=300.0, help="seconds (default 300)")
-    sim.add_argument("--rate", type=_positive, default=20.0, help="visits/s (default 20)")
-    sim.add_argument("--shoppers", type=int, default=2000, help="population (default 2000)")
-    sim.add_argument("--items", type=int, default=2000, help="catalogue size (default 2000)")
-    sim.add_argument("--categories", type=int, default=20, help="categories (default 20)")
-    sim.add_argument(
-        "--organic", type=float, default=1.0, help="organic events per visit, mean (default 1)"
-    )
+    sim.add_argument("--rate", type=_positive, default=30.0, help="visits/s (default 30)")
+    world = sim.add_argument_group("the simulated shop (defaults: connectors.shoppers.SimConfig)")
+    world.add_argument("--shoppers", type=int, help="population")
+    world.add_argument("--items", type=int, help="catalogue size")
+    world.add_argument("--categories", type=int, help="number of categories")
+    world.add_argument("--organic", type=float, help="organic events per visit (mean)")
+    world.add_argument("--seed", type=int, help="random seed")
     sim.add_argument(
         "--min-requests",
         type=int,
-        default=0,
         help="count only lists of shoppers past their first N visits (default 0: all)",
     )
-    sim.add_argument("--bucket", type=_positive, default=10.0, help="CTR time bucket, s")
+    sim.add_argument("--bucket", type=_positive, help="CTR time bucket, seconds (default 10)")
     sim.add_argument("--every", type=_positive, default=10.0, help="progress every N s")
-    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sim.add_argument("--out", default=None, help="output dir (default FLYWHEEL_VAR_DIR/simulator)")
     sim.set_defaults(handler=_simulate)
 

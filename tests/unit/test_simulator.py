@@ -73,7 +73,9 @@ class StepClock:
         return self.now
 
 
-CONFIG = SimConfig(shoppers=60, items=400, categories=10, seed=3, bucket_s=5.0)
+CONFIG = SimConfig(
+    shoppers=60, items=400, categories=10, organic_per_visit=1.0, seed=3, bucket_s=5.0
+)
 
 
 def test_a_bad_configuration_names_the_setting() -> None:
