@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import orjson
 import redis
 
 from bench.common import Results, say
@@ -51,7 +52,7 @@ from online_models.features import BUCKETS
 from online_models.item_table import ItemTable
 from online_models.popularity import WindowedPopularity
 
-__all__ = ["run", "state_at_caps"]
+__all__ = ["run", "state_at_caps", "state_parts"]
 
 SYN_USERS, SYN_ITEMS, SYN_EVENTS, SYN_DAYS = 20_000, 100_000, 400_000, 7
 TABLE_ITEMS = 100_000
@@ -110,6 +111,27 @@ def _longest(values: Iterable[str]) -> int:
     return max((len(v) for v in values), default=1)
 
 
+def state_parts(state: UserState) -> dict[str, int]:
+    """Bytes of the parts of a user's encoded state (JSON of each; the rest is syntax).
+
+    >>> from flywheel.settings import load_settings
+    >>> state = decode_state(None, load_settings())
+    >>> state.recent_ids = ["e1", "e2"]
+    >>> state_parts(state)["event_ids"]
+    11
+    """
+    f = state.features
+    return {
+        "event_ids": len(orjson.dumps(state.recent_ids)),
+        "purchased": len(orjson.dumps(f.purchased)),
+        "recent": len(orjson.dumps(f.recent)),
+        "categories": len(orjson.dumps(f.categories)),
+        "windows": len(orjson.dumps(f.to_dict()["buckets"])),
+        "context": len(orjson.dumps(state.context.to_list())),
+        "vector": 0 if state.vector is None else 4 * len(state.vector),
+    }
+
+
 def _state_figures(name: str, out: Replay, settings: Settings) -> Results:
     sizes = np.array([len(encode_state(s)) for s in out.states.values()], dtype=np.float64)
     states = out.states.values()
@@ -121,7 +143,13 @@ def _state_figures(name: str, out: Replay, settings: Settings) -> Results:
     )
     events = np.array([s.n_events for s in states], dtype=np.float64)
     p = f"memory.{name}"
+    parts: dict[str, float] = {}
+    for state in states:
+        for part, size in state_parts(state).items():
+            parts[part] = parts.get(part, 0.0) + size
+    shares = {f"{p}.state_bytes_{k}_mean": round(v / len(states), 1) for k, v in parts.items()}
     return {
+        **shares,
         f"{p}.users": len(out.states),
         f"{p}.events": out.accepted,
         f"{p}.events_per_user_mean": round(float(events.mean()), 1),

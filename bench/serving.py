@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -121,6 +122,16 @@ def _redis_lookups(port: int, keys: list[str], cfg: ServingConfig) -> Results:
         "serving.redis_lookup_clients": cfg.clients,
         "serving.redis_lookups_missing": missing,
     }
+
+
+def _server_us_per_get(port: int) -> float:
+    """Redis's own time per ``GET`` (``INFO commandstats``), all lookups above included."""
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        stats = cast("dict[str, Any]", client.info("commandstats"))
+    finally:
+        client.close()
+    return round(float(stats["cmdstat_get"]["usec_per_call"]), 3)
 
 
 def _paths(known: list[str], cfg: ServingConfig, count: int) -> list[str]:
@@ -263,6 +274,7 @@ def run(quick: bool = False, into: Results | None = None, work: Path | None = No
             client.close()
         keys = [rec_key(settings.redis_prefix, "home", user) for user in out.states]
         results.update(_redis_lookups(redis_service.port, keys, cfg))
+        results["serving.redis_server_us_per_get"] = _server_us_per_get(redis_service.port)
         names = {pseudonymise(f"u{k}", settings.hmac_key): f"u{k}" for k in range(cfg.n_users)}
         known = [names[user] for user in out.states]
         _api(settings, known, cfg, logs, results)

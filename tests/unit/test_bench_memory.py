@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.memory import state_at_caps
+from bench.memory import state_at_caps, state_parts
 from bench.user_data import replay
 from connectors.datasets import SyntheticShop
 from flink_jobs.user_state import encode_state
@@ -33,3 +33,11 @@ def test_no_replayed_user_is_larger_than_the_user_at_caps() -> None:
     largest = max(len(encode_state(s)) for s in out.states.values())
     assert largest <= len(encode_state(caps))
     assert largest > len(encode_state(caps)) // 2  # heavy users come close to the caps
+
+
+def test_the_named_parts_account_for_almost_all_of_a_full_state() -> None:
+    settings = load_settings()
+    state = state_at_caps(settings, id_chars=22, item_chars=7, category_chars=12)
+    total, parts = len(encode_state(state)), state_parts(state)
+    assert parts["vector"] == 4 * settings.n_factors
+    assert sum(parts.values()) <= total < sum(parts.values()) + 1024  # a new big field fails
