@@ -28,7 +28,7 @@ import functools
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +135,7 @@ class _Job:
 
 
 @contextmanager
-def _running_job(work: Path) -> Iterator[_Job]:
+def _running_job(work: Path, overrides: Mapping[str, object]) -> Iterator[_Job]:
     """Broker, Redis and the job for one run; all stopped on exit (newest first)."""
     logs = work / "logs"
     with ExitStack() as stack:
@@ -151,6 +151,7 @@ def _running_job(work: Path) -> Iterator[_Job]:
             var_dir=work,
             metrics_port=free_port(),
             flink_metrics_port=free_port(),
+            **overrides,
         )
         topics = [settings.events_topic, settings.dlq_topic, settings.item_sync_topic]
         create_topics(broker.address, topics, 1)
@@ -370,8 +371,14 @@ def _freshness(job: _Job, cfg: PipelineConfig, keys: KeyOf, results: Results) ->
             f"{processed / took:,.0f}/s{'' if drained else ' (NOT drained)'}")  # fmt: skip
 
 
-def run(quick: bool = False, into: Results | None = None, work: Path | None = None) -> Results:
-    """Run every phase; returns ``pipeline.*`` keys.
+def run(
+    quick: bool = False,
+    into: Results | None = None,
+    work: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Results:
+    """Run every phase; returns ``pipeline.*`` keys. ``overrides`` change job settings (e.g.
+    ``{"neighbour_context": 0}`` for the core loop without item-to-item lists).
 
     Each phase's keys are added to ``into`` (when given) as soon as the phase ends, so a
     caller keeps the finished phases' figures when a later one fails or is interrupted.
@@ -389,7 +396,7 @@ def run(quick: bool = False, into: Results | None = None, work: Path | None = No
         "pipeline.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
     shop = SyntheticShop(cfg.n_users, cfg.n_items, seed=cfg.seed)
-    with _running_job(work) as job:
+    with _running_job(work, overrides or {}) as job:
         keys = _key_maker(job.settings.hmac_key)
         results.update(_prewarm(job, cfg, keys, shop))
         results.update(_throughput(job, cfg, keys, shop))

@@ -1,14 +1,14 @@
 """Entry of ``make bench``: ``python -m bench.run_all [--quick] [--full] [--only NAME]``.
 
-Runs the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
-(:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`),
-the serving benchmark (:mod:`bench.serving`: Redis lookups and the API under load) and the
-memory benchmark (:mod:`bench.memory`), in that order, merges their figures into
-``bench/results/latest.json`` (keys this run did not recompute are kept), plots freshness
-against offered load into ``bench/results/freshness_vs_load.png`` when matplotlib is
-importable, and prints a table.
-Figures measured before a failure or Ctrl-C are still saved. ``--only flywheel`` runs the
-closed-loop shopper simulation (:mod:`bench.closed_loop`, 10 minutes; ``--quick``: 4).
+Runs, in this order: the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
+(:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`), the same with the
+item-to-item lists off (``pipeline_core``), the serving benchmark (:mod:`bench.serving`:
+Redis lookups and the API under load), the memory benchmark (:mod:`bench.memory`) and the
+closed-loop shopper simulation (:mod:`bench.closed_loop`, ``flywheel``: 10 minutes,
+``--quick`` 4). Merges their figures into ``bench/results/latest.json`` (keys this run did
+not recompute are kept), plots freshness against offered load into
+``bench/results/freshness_vs_load.png`` when matplotlib is importable, and prints a table.
+Figures measured before a failure or Ctrl-C are still saved.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from bench.common import (
 
 __all__ = ["main", "plot_freshness"]
 
-BENCHMARKS = ("model", "retrieval", "pipeline", "serving", "memory", "flywheel")
+BENCHMARKS = ("model", "retrieval", "pipeline", "pipeline_core", "serving", "memory", "flywheel")
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
-_FRESHNESS_KEY = re.compile(r"^pipeline\.freshness_p(50|99)_ms_at_(\d+)eps$")
+_FRESHNESS_KEY = re.compile(r"^(pipeline|pipeline_core)\.freshness_p(50|99)_ms_at_(\d+)eps$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,14 +70,20 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
     series = _freshness_series(results)
     if not series["p50"]:
         return None
+    core = _freshness_series(results, "pipeline_core")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for q in ("p50", "p99"):
         rates = sorted(series[q])
-        ax.plot(rates, [series[q][r] for r in rates], marker="o", label=q)
+        ax.plot(rates, [series[q][r] for r in rates], marker="o", label=f"{q}, default job")
+    for q in ("p50", "p99"):
+        rates = sorted(core[q])
+        if rates:
+            label = f"{q}, item-to-item lists off"
+            ax.plot(rates, [core[q][r] for r in rates], marker="s", linestyle=":", label=label)
     if series["processed"]:
         rates, right = sorted(series["processed"]), ax.twinx()
         right.plot(rates, [series["processed"][r] for r in rates], "--", color="grey", marker=".")
-        right.set_ylabel("processed events/s (dashed)")
+        right.set_ylabel("processed events/s, default job (dashed)")
         right.set_ylim(bottom=0)
     ax.set_xlabel("offered load (events/s)")
     ax.set_ylabel("freshness (ms): Redis write - Kafka record time")
@@ -98,15 +104,17 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
     return path
 
 
-def _freshness_series(results: Mapping[str, Value]) -> dict[str, dict[int, float]]:
-    """``p50``, ``p99`` (ms) and ``processed`` (events/s) by offered rate."""
+def _freshness_series(
+    results: Mapping[str, Value], section: str = "pipeline"
+) -> dict[str, dict[int, float]]:
+    """``p50``, ``p99`` (ms) and ``processed`` (events/s) by offered rate, for ``section``."""
     series: dict[str, dict[int, float]] = {"p50": {}, "p99": {}, "processed": {}}
     for key, value in results.items():
         match = _FRESHNESS_KEY.match(key)
-        if match and isinstance(value, int | float):
-            series[f"p{match.group(1)}"][int(match.group(2))] = float(value)
+        if match and match.group(1) == section and isinstance(value, int | float):
+            series[f"p{match.group(2)}"][int(match.group(3))] = float(value)
     for rate in series["p50"]:
-        processed = results.get(f"pipeline.processed_eps_at_{rate}eps")
+        processed = results.get(f"{section}.processed_eps_at_{rate}eps")
         if isinstance(processed, int | float):
             series["processed"][rate] = float(processed)
     return series
@@ -126,6 +134,15 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
         say("=== pipeline benchmark (broker + Redis + Flink job) ===")
         pipeline.run(quick=args.quick, into=new)
         merge_results(new)
+    if "pipeline_core" in selected:
+        say("=== pipeline benchmark, item-to-item lists off (keys pipeline_core.*) ===")
+        core: Results = {}
+        try:
+            pipeline.run(quick=args.quick, into=core, overrides={"neighbour_context": 0})
+        finally:
+            new.update({f"pipeline_core.{k.split('.', 1)[1]}": v for k, v in core.items()})
+            new["pipeline_core.neighbour_context"] = 0
+            merge_results(new)
     if "serving" in selected:
         say("=== serving benchmark (Redis lookups, recommendation API) ===")
         serving.run(quick=args.quick, into=new)
