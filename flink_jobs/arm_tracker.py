@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 import redis
-from pyflink.common import Types
-from pyflink.common.time import Time
 from pyflink.datastream import RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from connectors.arm_counts import COUNT_OF_ACTION, add_counts
+from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
 from monitoring.metrics import JobMetrics
 from online_models.attribution import ATTRIBUTED, attribute, key_of, record_impression
@@ -66,7 +63,8 @@ class ArmTracker:
         self._window_ms = settings.attribution_window_s * 1000
         self._skew_ms = settings.out_of_orderness_ms
         self._prefix = settings.redis_prefix
-        self.state = runtime_context.get_state(_descriptor(settings.attribution_window_s))
+        ttl_s = max(60, settings.attribution_window_s)
+        self.state = runtime_context.get_state(bytes_state("impressions", ttl_s))
         metrics.init_experiment(experiment.name, experiment.arms)
         self._counters = {
             "impression": [metrics.arm_impressions.labels(self.name, a) for a in self._arms],
@@ -143,15 +141,3 @@ class ArmTracker:
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_S):
             self.flush()
-
-
-def _descriptor(window_s: int) -> Any:
-    descriptor = ValueStateDescriptor("impressions", Types.PICKLED_BYTE_ARRAY())
-    ttl = (
-        StateTtlConfig.new_builder(Time.seconds(max(60, window_s)))
-        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-        .build()
-    )
-    descriptor.enable_time_to_live(ttl)
-    return descriptor

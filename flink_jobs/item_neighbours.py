@@ -40,11 +40,10 @@ from typing import Any
 import orjson
 import redis
 from pyflink.common import Types
-from pyflink.common.time import Time
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_list_suffix
+from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
 from online_models.neighbours import ItemContext, NeighbourCounts
@@ -62,7 +61,6 @@ __all__ = [
 # item, ts, action weight, context JSON [[other item, pair weight, popularity], ...]
 CONTEXT_TYPE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.DOUBLE(), Types.STRING()])
 ITEM_CONTEXT = OutputTag("item-context", CONTEXT_TYPE)
-_BYTES = Types.PICKLED_BYTE_ARRAY()
 _MAX_BATCH_ITEMS = 1024
 STRATEGY = "cooccurrence"
 
@@ -150,15 +148,7 @@ class ItemNeighbours(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s = self.settings
-        descriptor = ValueStateDescriptor("neighbours", _BYTES)
-        ttl = (
-            StateTtlConfig.new_builder(Time.seconds(s.neighbour_state_ttl_s))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-            .build()
-        )
-        descriptor.enable_time_to_live(ttl)
-        self.state = runtime_context.get_state(descriptor)
+        self.state = runtime_context.get_state(bytes_state("neighbours", s.neighbour_state_ttl_s))
         self.queue = ListQueue(s.neighbour_flush_ms)
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)

@@ -26,9 +26,8 @@ from typing import Any
 import orjson
 import redis
 from pyflink.common import Types
-from pyflink.common.time import Time
 from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor
 from threadpoolctl import threadpool_limits
 
 from connectors.redis_lists import (
@@ -43,6 +42,7 @@ from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.state_cache import DecodedStates
+from flink_jobs.state_descriptors import BYTES, bytes_state
 from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
@@ -58,10 +58,7 @@ EVENT_TYPE = Types.TUPLE(
      Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(),
      Types.STRING(), Types.STRING()]
 )  # fmt: skip
-# State values are our own compact bytes. PICKLED_BYTE_ARRAY carries them as they are: in
-# thread mode PRIMITIVE_ARRAY(BYTE) is converted element by element (and fails on empty state).
-_BYTES = Types.PICKLED_BYTE_ARRAY()
-ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), _BYTES)
+ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), BYTES)
 _MAX_UNPUBLISHED = 2048
 _MAX_BATCH_USERS = 1024
 _DECODED_STATES = 20_000  # users whose decoded state is kept between their events
@@ -76,15 +73,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s = self.settings
-        descriptor = ValueStateDescriptor("user", _BYTES)
-        ttl = (
-            StateTtlConfig.new_builder(Time.seconds(s.state_ttl_s))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-            .build()
-        )
-        descriptor.enable_time_to_live(ttl)
-        self.user_state = runtime_context.get_state(descriptor)
+        self.user_state = runtime_context.get_state(bytes_state("user", s.state_ttl_s))
         self.model = ImplicitMF(
             n_factors=s.n_factors, learning_rate=s.learning_rate, l2=s.l2,
             n_negatives=s.n_negatives, action_weights=s.action_weights,
