@@ -25,7 +25,7 @@ from connectors.datasets import SyntheticShop
 from online_models.implicit_mf import ImplicitMF
 from online_models.topn import top_n
 
-__all__ = ["run"]
+__all__ = ["filled_model", "run"]
 
 N_FACTORS = 32
 N_NEGATIVES = 4
@@ -40,7 +40,7 @@ def _label(n_items: int) -> str:
     return f"{n_items // 1_000_000}m" if n_items >= 1_000_000 else f"{n_items // 1000}k"
 
 
-def _filled_model(n_items: int) -> tuple[ImplicitMF, float]:
+def filled_model(n_items: int) -> tuple[ImplicitMF, float]:
     """A model whose item table holds ``i0..i{n-1}``, and the rate of adding them (items/s)."""
     model = ImplicitMF(n_factors=N_FACTORS, n_negatives=N_NEGATIVES, seed=0, max_items=n_items)
     started = time.perf_counter()
@@ -72,7 +72,7 @@ def _learning(n_items: int, n_events: int, repeats: int) -> tuple[Results, np.nd
     """Item-table fill rate and update rate on ``n_items``; also the learnt table's arrays."""
     label = _label(n_items)
     say(f"model: filling an item table of {n_items:,} items")
-    model, ensure_rate = _filled_model(n_items)
+    model, ensure_rate = filled_model(n_items)
     say(f"model: {n_events:,} updates x {repeats} on {label} items")
     updates = _update_rate(model, n_items, n_events, repeats)
     results: Results = {

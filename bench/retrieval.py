@@ -30,6 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.common import Results, median_seconds, say
+from bench.model import N_FACTORS, filled_model
 from connectors.datasets import completejourney_events
 from flywheel.settings import load_settings
 from online_models.candidates import ClusteredIndex
@@ -40,7 +41,6 @@ __all__ = ["run"]
 
 TOP_N = 50
 USERS = 256
-N_FACTORS = 32
 
 
 def _learnt_table(n_events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,9 +59,7 @@ def _learnt_table(n_events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _random_table(n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    model = ImplicitMF(n_factors=N_FACTORS, seed=0, max_items=n_items)
-    for i in range(n_items):
-        model.items.ensure(f"i{i}")
+    model, _ = filled_model(n_items)
     rng = np.random.default_rng(1)
     users = rng.normal(0.0, 0.1, (USERS, N_FACTORS)).astype(np.float32)
     return model.items.factors.copy(), model.items.bias.copy(), users

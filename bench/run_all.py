@@ -17,7 +17,7 @@ import argparse
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -121,39 +121,42 @@ def _freshness_series(
 
 
 def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> None:
-    """Run the selected benchmarks in order, saving after each one."""
-    if "model" in selected:
-        say("=== model benchmarks (no Flink) ===")
-        new.update(model.run(quick=args.quick, full=args.full))
-        merge_results(new)
-    if "retrieval" in selected:
-        say("=== clustered vs exact top-N retrieval (no Flink) ===")
-        new.update(retrieval.run(quick=args.quick))
-        merge_results(new)
-    if "pipeline" in selected:
-        say("=== pipeline benchmark (broker + Redis + Flink job) ===")
-        pipeline.run(quick=args.quick, into=new)
-        merge_results(new)
-    if "pipeline_core" in selected:
-        say("=== pipeline benchmark, item-to-item lists off (keys pipeline_core.*) ===")
-        core: Results = {}
-        try:
-            pipeline.run(quick=args.quick, into=core, overrides={"neighbour_context": 0})
-        finally:
-            new.update({f"pipeline_core.{k.split('.', 1)[1]}": v for k, v in core.items()})
-            new["pipeline_core.neighbour_context"] = 0
-            merge_results(new)
-    if "serving" in selected:
-        say("=== serving benchmark (Redis lookups, recommendation API) ===")
-        serving.run(quick=args.quick, into=new)
-        merge_results(new)
-    if "memory" in selected:
-        say("=== memory benchmark (Flink state, Redis, item table) ===")
-        memory.run(quick=args.quick, into=new)
-    if "flywheel" in selected:
-        say("=== closed loop: simulated shoppers against the API, job and Redis ===")
-        new.update(closed_loop.run(quick=args.quick))
-        merge_results(new)
+    """Run the selected benchmarks in :data:`BENCHMARKS` order, saving after each one."""
+    quick = args.quick
+    steps: dict[str, tuple[str, Callable[[], object]]] = {
+        "model": ("model benchmarks (no Flink)",
+                  lambda: new.update(model.run(quick=quick, full=args.full))),
+        "retrieval": ("clustered vs exact top-N retrieval (no Flink)",
+                      lambda: new.update(retrieval.run(quick=quick))),
+        "pipeline": ("pipeline benchmark (broker + Redis + Flink job)",
+                     lambda: pipeline.run(quick=quick, into=new)),
+        "pipeline_core": ("pipeline benchmark, item-to-item lists off (keys pipeline_core.*)",
+                          lambda: _pipeline_core(quick, new)),
+        "serving": ("serving benchmark (Redis lookups, recommendation API)",
+                    lambda: serving.run(quick=quick, into=new)),
+        "memory": ("memory benchmark (Flink state, Redis, item table)",
+                   lambda: memory.run(quick=quick, into=new)),
+        "flywheel": ("closed loop: simulated shoppers against the API, job and Redis",
+                     lambda: new.update(closed_loop.run(quick=quick))),
+    }  # fmt: skip
+    for name in BENCHMARKS:
+        if name in selected:
+            banner, step = steps[name]
+            say(f"=== {banner} ===")
+            try:
+                step()
+            finally:
+                merge_results(new)
+
+
+def _pipeline_core(quick: bool, new: Results) -> None:
+    """The pipeline benchmark with ``neighbour_context=0``, its keys renamed ``pipeline_core.*``."""
+    core: Results = {}
+    try:
+        pipeline.run(quick=quick, into=core, overrides={"neighbour_context": 0})
+    finally:
+        new.update({f"pipeline_core.{k.split('.', 1)[1]}": v for k, v in core.items()})
+        new["pipeline_core.neighbour_context"] = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
