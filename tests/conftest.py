@@ -84,6 +84,23 @@ class RunningJob:
         raise AssertionError(f"condition not met within {timeout_s}s; job log tail:\n{tail}")
 
 
+def api_settings(broker: str, redis_url: str, prefix: str) -> Settings:
+    """Settings of an API under test: new unique topics (created here), a key prefix starting
+    with ``prefix``, and a metrics port no job listens on."""
+    tag = uuid.uuid4().hex[:10]
+    topics = [f"events-{tag}", f"events-{tag}.dlq", f"items-{tag}"]
+    create_topics(broker, topics)
+    return load_settings(
+        kafka_bootstrap=broker,
+        redis_url=redis_url,
+        events_topic=topics[0],
+        dlq_topic=topics[1],
+        item_sync_topic=topics[2],
+        redis_prefix=f"{prefix}{tag}",
+        metrics_port=free_port(),
+    )
+
+
 def job_settings(broker: str, redis_url: str, tag: str, var: Path, **overrides: object) -> Settings:
     """Settings of a test job: unique topics, group, key prefix and checkpoint dir."""
     return load_settings(

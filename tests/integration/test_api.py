@@ -26,11 +26,11 @@ from connectors.redis_lists import (
     rec_key,
     rec_suffix,
 )
-from deploy.local_stack import create_topics, free_port
+from deploy.local_stack import free_port
 from flywheel.events import REJECT_REASONS, pseudonymise
-from flywheel.settings import Settings, load_settings
+from flywheel.settings import Settings
 from serving.app import create_app
-from tests.conftest import RunningJob
+from tests.conftest import RunningJob, api_settings
 
 pytestmark = pytest.mark.integration
 
@@ -59,18 +59,7 @@ def serve(settings: Settings) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def settings(broker: str, redis_url: str) -> Settings:
-    tag = uuid.uuid4().hex[:10]
-    topics = [f"events-{tag}", f"events-{tag}.dlq", f"items-{tag}"]
-    create_topics(broker, topics)
-    return load_settings(
-        kafka_bootstrap=broker,
-        redis_url=redis_url,
-        events_topic=topics[0],
-        dlq_topic=topics[1],
-        item_sync_topic=topics[2],
-        redis_prefix=f"api{tag}",
-        metrics_port=free_port(),  # no job listens there
-    )
+    return api_settings(broker, redis_url, "api")
 
 
 @pytest.fixture(scope="module")

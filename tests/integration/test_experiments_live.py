@@ -20,12 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.arm_counts import arms_key, read_counts
 from connectors.redis_lists import ListWriter, RecList, encode_rec_list, rec_suffix
-from deploy.local_stack import create_topics, free_port
 from flywheel.ab_report import run as ab_report
 from flywheel.events import pseudonymise
-from flywheel.settings import Settings, load_settings
+from flywheel.settings import Settings
 from online_models.experiments import ArmCounts, Experiment, ThompsonBandit, assign
-from tests.conftest import LIVE_EXPERIMENT, RunningJob
+from tests.conftest import LIVE_EXPERIMENT, RunningJob, api_settings
 from tests.integration.test_api import _topic_events as topic_events
 from tests.integration.test_api import serve
 
@@ -40,18 +39,7 @@ BANDIT = "api-bandit:bandit:online_mf=1,trending=1"
 @pytest.fixture(scope="module")
 def base(broker: str, redis_url: str) -> Iterator[Settings]:
     """Settings with unique topics and key prefix, a trending list in Redis; no experiment."""
-    tag = uuid.uuid4().hex[:10]
-    topics = [f"events-{tag}", f"events-{tag}.dlq", f"items-{tag}"]
-    create_topics(broker, topics)
-    settings = load_settings(
-        kafka_bootstrap=broker,
-        redis_url=redis_url,
-        events_topic=topics[0],
-        dlq_topic=topics[1],
-        item_sync_topic=topics[2],
-        redis_prefix=f"exp{tag}",
-        metrics_port=free_port(),
-    )
+    settings = api_settings(broker, redis_url, "exp")
     client = redis.Redis.from_url(redis_url)
     ListWriter(client, settings.redis_prefix, 0).write_batch([("trending", orjson.dumps(TRENDING))])
     yield settings

@@ -23,9 +23,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from connectors.redis_lists import ListWriter, RecList, encode_rec_list, features_suffix, rec_suffix
-from deploy.local_stack import create_topics
 from flywheel.events import pseudonymise
-from flywheel.settings import Settings, load_settings
+from flywheel.settings import Settings
+from tests.conftest import api_settings
 from tests.integration.test_api import serve
 
 pytestmark = pytest.mark.integration
@@ -51,17 +51,7 @@ FEATURES: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def settings(broker: str, redis_url: str) -> Settings:
-    tag = uuid.uuid4().hex[:10]
-    topics = [f"events-{tag}", f"events-{tag}.dlq", f"items-{tag}"]
-    create_topics(broker, topics)
-    return load_settings(
-        kafka_bootstrap=broker,
-        redis_url=redis_url,
-        events_topic=topics[0],
-        dlq_topic=topics[1],
-        item_sync_topic=topics[2],
-        redis_prefix=f"web{tag}",
-    )
+    return api_settings(broker, redis_url, "web")
 
 
 @pytest.fixture(scope="module")
