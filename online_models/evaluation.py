@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,14 +44,19 @@ from online_models.strategies import Strategy
 
 __all__ = [
     "DEFAULT_SCORE_ACTIONS",
+    "SPLITS",
     "Event",
     "PrequentialReport",
     "Tally",
     "evaluate",
     "events_from_dicts",
+    "rank_in",
+    "split_of",
 ]
 
 DEFAULT_SCORE_ACTIONS = frozenset({"purchase", "add_to_cart", "click"})
+SPLITS = ("repeat", "first_time", "cold")
+"""How a scored event is split: see :func:`split_of`."""
 
 
 class Event(NamedTuple):
@@ -70,6 +75,31 @@ def events_from_dicts(events: Iterable[Mapping[str, Any]]) -> list[Event]:
     [Event(user='u', item='i', action='click', ts=5)]
     """
     return [Event(e["user_id"], e["item_id"], e["action"], int(e["ts"])) for e in events]
+
+
+def rank_in(item: str, ranked: Sequence[str], k: int) -> int:
+    """1-based rank of ``item`` among the first ``k`` of ``ranked``, 0 when it is not there.
+
+    This and :func:`split_of` are the per-event test of both the offline evaluator and the
+    streaming job (:mod:`online_models.live_quality`).
+
+    >>> rank_in("b", ["a", "b", "c"], 3), rank_in("c", ["a", "b", "c"], 2)
+    (2, 0)
+    """
+    top = ranked[:k]
+    return top.index(item) + 1 if item in top else 0
+
+
+def split_of(item: str, prior: Container[str] | None) -> str:
+    """``cold`` when the user has no earlier event (``prior`` is None), ``repeat`` when
+    ``item`` is among the items the user interacted with before, else ``first_time``.
+
+    >>> split_of("a", None), split_of("a", {"a"}), split_of("b", {"a"})
+    ('cold', 'repeat', 'first_time')
+    """
+    if prior is None:
+        return "cold"
+    return "repeat" if item in prior else "first_time"
 
 
 @dataclass
@@ -237,12 +267,9 @@ class _Run:
         return dict(zip(distinct, ranked, strict=True))
 
     def _score(self, event: Event, ranked: list[str]) -> None:
-        top = ranked[: self.k]
-        rank = top.index(event.item) + 1 if event.item in top else 0
-        prior = self.history.get(event.user)
-        if prior is None:
-            self.report.slice("cold").add(rank)
-            return
-        self.report.slice("all").add(rank)
-        self.report.slice(f"action:{event.action}").add(rank)
-        self.report.slice("repeat" if event.item in prior else "first_time").add(rank)
+        rank = rank_in(event.item, ranked, self.k)
+        split = split_of(event.item, self.history.get(event.user))
+        self.report.slice(split).add(rank)
+        if split != "cold":
+            self.report.slice("all").add(rank)
+            self.report.slice(f"action:{event.action}").add(rank)
