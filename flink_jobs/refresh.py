@@ -128,10 +128,12 @@ def build_lists(
     trending: list[tuple[str, float]],
     settings: Settings,
     index: ClusteredIndex | None = None,
+    served: dict[str, list[tuple[str, float]]] | None = None,
 ) -> list[tuple[str, str, bytes]]:
     """``(user, strategy, list JSON)`` for every user in ``batch``: one retrieval for all warm
     users (exact, or through ``index`` when the settings select it for this catalogue size);
-    cold users (fewer than ``cold_user_events`` events) get ``trending``."""
+    cold users (fewer than ``cold_user_events`` events) get ``trending``. When given,
+    ``served`` receives each user's ranked ``(item, score)`` list (the live quality test)."""
     now = int(time.time() * 1000)
     warm = [
         u
@@ -156,11 +158,15 @@ def build_lists(
                 )
             )
             out.append((user, "online_mf", _encode(user, "online_mf", batch[user], ranked, now)))
+            if served is not None:
+                served[user] = ranked
     for user, dirty in batch.items():
         if user not in warm or not len(items):
             seen = set(dirty.exclude(settings))
             ranked = [(i, s) for i, s in trending if i not in seen][: settings.top_n]
             out.append((user, "trending", _encode(user, "trending", dirty, ranked, now)))
+            if served is not None:
+                served[user] = ranked
     return out
 
 

@@ -41,6 +41,7 @@ from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
+from flink_jobs.live_quality import JobQuality
 from flink_jobs.state_cache import DecodedStates
 from flink_jobs.state_descriptors import BYTES, bytes_state
 from flink_jobs.user_state import decode_state, encode_state
@@ -98,6 +99,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     def close(self) -> None:
         release()
+        self.quality = JobQuality(s, self.metrics) if s.quality_k else None  # live HR/NDCG@K
         arms = getattr(self, "arms", None)
         if arms is not None:
             arms.close()
@@ -132,6 +134,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if weight > 0:
             if state.vector is None:
                 state.vector = self.model.new_user_vector(user)
+        if self.quality:  # test, then train: the lists served so far meet the event first
+            self.quality.test(user, item, action, state)
             try:
                 deltas = self.model.update(state.vector, item, weight, event_id)
             except CatalogueFull:  # features still count it; the model cannot hold the item
@@ -202,6 +206,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     def _publish(self, force: bool):
         due = time.monotonic() - self._last_publish >= self.settings.item_sync_flush_ms / 1000
+        if self.quality:
+            self.quality.forget(user)
         if self.replica.unpublished and (
             force or due or self.replica.unpublished >= _MAX_UNPUBLISHED
         ):
@@ -215,7 +221,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         started = time.perf_counter()
         batch = self.queue.take()
         items, trending = self.model.items, self._current_trending()
-        lists = build_lists(batch, items, trending, self.settings, self.index)
+        served: dict[str, list[tuple[str, float]]] | None = {} if self.quality else None
+        lists = build_lists(batch, items, trending, self.settings, self.index, served)
         entries = []
         for user, strategy, value in lists:
             entries.append((rec_suffix("home", user), value))
@@ -233,6 +240,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         now = time.monotonic()
         if now - self._trending_at >= _TRENDING_EVERY_MS / 1000:
             self._trending = self.popularity.top(self.settings.top_n * 2)
+        if self.quality and served is not None:  # the lists the users' next events meet
+            self.quality.personal(served, written)
+            self.quality.export(len(items), written)
             self._trending_at = now
             trending = orjson.dumps(self._trending[: self.settings.top_n])
             self.writer.write_batch([(TRENDING_SUFFIX, trending)])
@@ -246,6 +256,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             self.replica.restore_entry(item, bytes(value))
         self.metrics.items.set(len(self.model.items))
 
+            if self.quality:
+                self.quality.trending(self._trending[: self.settings.top_n], time.time())
 
 def _subtask_index(runtime_context: RuntimeContext) -> int:
     """Index of this subtask (Flink 2.0's embedded context lacks the old getter)."""

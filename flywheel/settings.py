@@ -126,6 +126,17 @@ class Settings(BaseSettings):
     # --- Flink ---------------------------------------------------------------------------
     parallelism: int = Field(1, ge=1, le=256, description="Flink parallelism of the job")
     execution_mode: Literal["thread", "process"] = Field(
+    # --- live quality (prequential, inside the job) ---------------------------------------
+    quality_k: int = Field(
+        10, ge=0, le=1000, description="K of the live HR@K / NDCG@K per strategy, 0 = off"
+    )
+    quality_users_max: int = Field(
+        100_000, ge=0, description="users whose last top-K list is kept in memory per subtask"
+    )
+    quality_coverage_window_s: int = Field(
+        3600, ge=60, description="trailing window of the live catalogue-coverage gauge"
+    )
+
         "thread", description="PyFlink Python execution mode"
     )
     checkpoint_interval_ms: int = Field(10_000, ge=0, description="0 disables checkpoints")
@@ -200,6 +211,15 @@ class Settings(BaseSettings):
 
     @property
     def action_weights(self) -> dict[str, float]:
+
+    @model_validator(mode="after")
+    def _quality_k_within_lists(self) -> Settings:
+        if self.quality_k > self.top_n:
+            raise ValueError(
+                f"FLYWHEEL_QUALITY_K ({self.quality_k}) must not exceed FLYWHEEL_TOP_N "
+                f"({self.top_n}): only top_n items of a list are written"
+            )
+        return self
         """Weight of each learnable action as a positive (impressions are not learned)."""
         return {
             "view": self.weight_view,

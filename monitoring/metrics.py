@@ -5,7 +5,9 @@ registry over HTTP once per process (all subtasks of a local mini-cluster share 
 interpreter in thread mode, and so one registry). Label values are bounded: actions, outcomes
 and dead-letter reasons come from fixed tuples and are pre-initialised, never ids; the per-arm
 counters are labelled with the configured experiment's name and arms only (the job ignores
-impressions naming any other), pre-initialised by :meth:`JobMetrics.init_experiment`.
+impressions naming any other), pre-initialised by :meth:`JobMetrics.init_experiment`; the live
+quality series are labelled with fixed strategies and splits and the configured K, created by
+:meth:`JobMetrics.init_quality`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from prometheus_client import (
 
 from flywheel.events import REJECT_REASONS
 from flywheel.settings import ACTIONS
+from online_models.evaluation import SPLITS
+from online_models.live_quality import STRATEGIES as QUALITY_STRATEGIES
 
 __all__ = ["CONVERSIONS", "OUTCOMES", "JobMetrics", "job_metrics", "release", "serve"]
 
@@ -121,7 +125,53 @@ class JobMetrics:
             ["experiment", "arm", "action"],
             registry=registry,
         )
+        self._quality(registry)
         self._initialise()
+
+    def _quality(self, registry: CollectorRegistry) -> None:
+        """Live prequential quality per strategy (:mod:`online_models.live_quality`): rolling
+        HR@K = rate(hits) / rate(evaluated), NDCG@K = rate(ndcg_sum) / rate(evaluated)."""
+        ns = "flywheel_job_quality"
+        self.quality_evaluated = Counter(
+            f"{ns}_evaluated",
+            "Events tested against the list the strategy served the user (before learning)",
+            ["strategy", "split"],
+            registry=registry,
+        )
+        self.quality_hits = Counter(
+            f"{ns}_hits",
+            "Tested events whose item was in the strategy's top-K list",
+            ["strategy", "split", "k"],
+            registry=registry,
+        )
+        self.quality_ndcg_sum = Counter(
+            f"{ns}_ndcg_sum",
+            "Sum of NDCG@K (1/log2(rank+1) for a hit, 0 otherwise) over the tested events",
+            ["strategy", "split", "k"],
+            registry=registry,
+        )
+        self.quality_not_evaluated = Counter(
+            f"{ns}_not_evaluated",
+            "Events with no known list of the strategy to test (restore, eviction, empty list)",
+            ["strategy"],
+            registry=registry,
+        )
+        self.quality_coverage = Gauge(
+            f"{ns}_coverage_ratio",
+            "Distinct items in the top-K lists written in the trailing window / items in the table",
+            ["strategy"],
+            registry=registry,
+        )
+
+    def init_quality(self, k: int) -> None:
+        """Create the quality series for top-``k`` lists at zero, so they exist before traffic."""
+        for strategy in QUALITY_STRATEGIES:
+            self.quality_not_evaluated.labels(strategy)
+            self.quality_coverage.labels(strategy)
+            for split in SPLITS:
+                self.quality_evaluated.labels(strategy, split)
+                self.quality_hits.labels(strategy, split, str(k))
+                self.quality_ndcg_sum.labels(strategy, split, str(k))
 
     def init_experiment(self, experiment: str, arms: tuple[str, ...]) -> None:
         """Create the per-arm series of ``experiment`` at zero, so they exist before traffic."""

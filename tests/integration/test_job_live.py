@@ -4,14 +4,17 @@ Prometheus scrapes both metric sources."""
 
 from __future__ import annotations
 
+import math
 import time
+import urllib.request
 import uuid
 
 import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.redis_lists import ListReader
+from connectors.redis_lists import ListReader, RecList
 from deploy.local_stack import query_prometheus
 from flywheel.events import REJECT_REASONS, pseudonymise
 
@@ -21,6 +24,9 @@ pytestmark = pytest.mark.integration
 def _event(user: str, item: str, action: str = "click", **extra: object) -> dict[str, object]:
     base = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "action": action}
     return {**base, "ts": int(time.time() * 1000), **extra}
+
+
+_NO_LIST = RecList("", "home", "none", 0, 0, [])
 
 
 def _features(job, user: str) -> dict:  # type: ignore[no-untyped-def]
@@ -151,3 +157,91 @@ def test_forget_erases_the_user(running_job) -> None:  # type: ignore[no-untyped
         producer.send(_event(user, "sku-9", "view"))
     running_job.wait_for(lambda: _features(running_job, user).get("n_events") == 1)
     assert _features(running_job, user)["totals"] == {"view": 1}
+
+
+def _quality(job) -> dict[tuple[str, ...], float]:  # type: ignore[no-untyped-def]
+    """The job's live-quality samples, ``(name, strategy[, split]) -> value``."""
+    url = f"http://127.0.0.1:{job.settings.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("flywheel_job_quality_"):
+                labels = sample.labels
+                key = (sample.name, labels["strategy"], *filter(None, [labels.get("split")]))
+                values[key] = sample.value
+    return values
+
+
+def _settled_quality(job) -> dict[tuple[str, ...], float]:  # type: ignore[no-untyped-def]
+    """The quality counters once two reads half a second apart agree (exports are done)."""
+    reads = [_quality(job)]
+
+    def settled() -> bool:
+        time.sleep(0.5)
+        reads.append(_quality(job))
+        return reads[-1] == reads[-2]
+
+    job.wait_for(settled, timeout_s=60)
+    return reads[-1]
+
+
+def test_live_quality_tests_events_against_the_written_list(running_job) -> None:  # type: ignore[no-untyped-def]
+    tag = uuid.uuid4().hex[:6]
+    user, newcomer = f"judged-{tag}", f"newcomer-{tag}"
+    reader = ListReader(running_job.settings, running_job.redis)
+    now = int(time.time() * 1000)
+    warm = [(f"q-bought-{tag}-{i}", "purchase") for i in range(3)]
+    warm += [(f"q-seen-{tag}-{i}", "view") for i in range(4)]  # not purchased: can be listed
+    with running_job.producer() as producer:
+        for i, (item, action) in enumerate(warm):
+            producer.send(_event(user, item, action, ts=now + i))
+    last_ts = now + len(warm) - 1
+    running_job.wait_for(lambda: (reader.get(user) or _NO_LIST).event_ts == last_ts)
+    written = reader.get(user)
+    assert written is not None and written.strategy == "online_mf" and len(written.items) >= 2
+    before = _settled_quality(running_job)
+
+    # the item ranked 2nd in the list as written is a hit; a never-seen item cannot be
+    hit_item = written.items[1][0]
+    evaluated, hits = "flywheel_job_quality_evaluated_total", "flywheel_job_quality_hits_total"
+    ndcg = "flywheel_job_quality_ndcg_sum_total"
+    not_evaluated = "flywheel_job_quality_not_evaluated_total"
+    with running_job.producer() as producer:
+        producer.send(_event(user, hit_item, "click", ts=now + 10))
+        producer.send(_event(user, f"q-never-{tag}", "click", ts=now + 11))
+        producer.send(_event(newcomer, hit_item, "add_to_cart", ts=now + 12))  # no list yet
+
+    def personal_counted() -> bool:
+        counts = _quality(running_job)
+        keys = [(evaluated, "online_mf", "repeat"), (evaluated, "online_mf", "first_time")]
+        return sum(counts[k] - before[k] for k in keys) >= 2
+
+    running_job.wait_for(personal_counted)
+    after = _settled_quality(running_job)
+    delta = {key: after[key] - before[key] for key in after}
+
+    # the hit is a repeat when the model ranked one of the user's viewed items 2nd
+    split = "repeat" if hit_item in {item for item, _ in warm} else "first_time"
+    expected = {"repeat": [0, 0, 0.0], "first_time": [1, 0, 0.0]}  # the never-seen item
+    expected[split][0] += 1
+    expected[split][1] += 1
+    expected[split][2] += 1 / math.log2(3)
+    for name, (n, n_hits, ndcg_sum) in expected.items():
+        assert delta[(evaluated, "online_mf", name)] == n, name
+        assert delta[(hits, "online_mf", name)] == n_hits, name
+        assert delta[(ndcg, "online_mf", name)] == pytest.approx(ndcg_sum), name
+    assert delta[(not_evaluated, "online_mf")] == 1  # the newcomer has no list to test
+    # trending meets every event: evaluated (or, while trending is empty, not evaluated)
+    popularity = sum(delta[(evaluated, "popularity", s)] for s in ("repeat", "first_time", "cold"))
+    assert popularity + delta[(not_evaluated, "popularity")] == 3
+    # the never-seen item is not trending, so only a first-time hit item could hit there
+    assert delta[(hits, "popularity", "first_time")] <= (split == "first_time")
+    assert 0 < after[("flywheel_job_quality_coverage_ratio", "online_mf")] <= 1
+
+    port = running_job.prometheus_port
+    split_hits = after[(hits, "online_mf", split)]
+    k = running_job.settings.quality_k
+    query = f'{hits}{{strategy="online_mf",split="{split}",k="{k}"}} >= {split_hits}'
+    running_job.wait_for(lambda: bool(query_prometheus(port, query)), timeout_s=60)
