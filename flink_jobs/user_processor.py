@@ -40,8 +40,8 @@ from connectors.redis_lists import (
 from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
-from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.live_quality import JobQuality
+from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.state_cache import DecodedStates
 from flink_jobs.state_descriptors import BYTES, bytes_state
 from flink_jobs.user_state import decode_state, encode_state
@@ -90,6 +90,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
         serve(s.metrics_port, s.metrics_bind)
+        self.quality = JobQuality(s, self.metrics) if s.quality_k else None  # live HR/NDCG@K
         experiment = s.experiment_spec
         self.arms = ArmTracker(s, experiment, runtime_context, self.metrics) if experiment else None
         self._restored = False
@@ -99,7 +100,6 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     def close(self) -> None:
         release()
-        self.quality = JobQuality(s, self.metrics) if s.quality_k else None  # live HR/NDCG@K
         arms = getattr(self, "arms", None)
         if arms is not None:
             arms.close()
@@ -124,6 +124,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if self.arms:  # per-arm counts of the experiment (impressions, attributed actions)
             self.arms.observe(action, item, ts, value[10], value[11])
         del state.recent_ids[: -self.settings.dedupe_window or None]
+        if self.quality:  # test, then train: the lists served so far meet the event first
+            self.quality.test(user, item, action, state)
         state.n_events += 1
         if not state.features.add(item, action, ts, category):
             self.metrics.late_events.inc()
@@ -134,8 +136,6 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if weight > 0:
             if state.vector is None:
                 state.vector = self.model.new_user_vector(user)
-        if self.quality:  # test, then train: the lists served so far meet the event first
-            self.quality.test(user, item, action, state)
             try:
                 deltas = self.model.update(state.vector, item, weight, event_id)
             except CatalogueFull:  # features still count it; the model cannot hold the item
@@ -196,6 +196,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         """Right to be forgotten: drop the user's state, queued refresh and Redis keys."""
         self.user_state.clear()
         self.states.drop(user)
+        if self.quality:
+            self.quality.forget(user)
         if self.arms:
             self.arms.forget()
         self.queue.dirty.pop(user, None)
@@ -206,8 +208,6 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     def _publish(self, force: bool):
         due = time.monotonic() - self._last_publish >= self.settings.item_sync_flush_ms / 1000
-        if self.quality:
-            self.quality.forget(user)
         if self.replica.unpublished and (
             force or due or self.replica.unpublished >= _MAX_UNPUBLISHED
         ):
@@ -230,6 +230,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             self.metrics.lists_written.labels(strategy).inc()
         self.writer.write_batch(entries)
         written = time.time()
+        if self.quality and served is not None:  # the lists the users' next events meet
+            self.quality.personal(served, written)
+            self.quality.export(len(items), written)
         for dirty in batch.values():
             for ingest in dirty.ingest_ms:
                 self.metrics.freshness.observe(max(0.0, written - ingest / 1000))
@@ -240,12 +243,11 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         now = time.monotonic()
         if now - self._trending_at >= _TRENDING_EVERY_MS / 1000:
             self._trending = self.popularity.top(self.settings.top_n * 2)
-        if self.quality and served is not None:  # the lists the users' next events meet
-            self.quality.personal(served, written)
-            self.quality.export(len(items), written)
             self._trending_at = now
             trending = orjson.dumps(self._trending[: self.settings.top_n])
             self.writer.write_batch([(TRENDING_SUFFIX, trending)])
+            if self.quality:
+                self.quality.trending(self._trending[: self.settings.top_n], time.time())
         return self._trending
 
     def _restore_items(self, ctx: Any) -> None:
@@ -256,8 +258,6 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             self.replica.restore_entry(item, bytes(value))
         self.metrics.items.set(len(self.model.items))
 
-            if self.quality:
-                self.quality.trending(self._trending[: self.settings.top_n], time.time())
 
 def _subtask_index(runtime_context: RuntimeContext) -> int:
     """Index of this subtask (Flink 2.0's embedded context lacks the old getter)."""

@@ -123,9 +123,6 @@ class Settings(BaseSettings):
         30 * 86400, ge=60, description="idle items' neighbour state expires"
     )
 
-    # --- Flink ---------------------------------------------------------------------------
-    parallelism: int = Field(1, ge=1, le=256, description="Flink parallelism of the job")
-    execution_mode: Literal["thread", "process"] = Field(
     # --- live quality (prequential, inside the job) ---------------------------------------
     quality_k: int = Field(
         10, ge=0, le=1000, description="K of the live HR@K / NDCG@K per strategy, 0 = off"
@@ -137,6 +134,9 @@ class Settings(BaseSettings):
         3600, ge=60, description="trailing window of the live catalogue-coverage gauge"
     )
 
+    # --- Flink ---------------------------------------------------------------------------
+    parallelism: int = Field(1, ge=1, le=256, description="Flink parallelism of the job")
+    execution_mode: Literal["thread", "process"] = Field(
         "thread", description="PyFlink Python execution mode"
     )
     checkpoint_interval_ms: int = Field(10_000, ge=0, description="0 disables checkpoints")
@@ -209,9 +209,6 @@ class Settings(BaseSettings):
             raise ValueError("events_topic, dlq_topic and item_sync_topic must differ")
         return self
 
-    @property
-    def action_weights(self) -> dict[str, float]:
-
     @model_validator(mode="after")
     def _quality_k_within_lists(self) -> Settings:
         if self.quality_k > self.top_n:
@@ -220,6 +217,9 @@ class Settings(BaseSettings):
                 f"({self.top_n}): only top_n items of a list are written"
             )
         return self
+
+    @property
+    def action_weights(self) -> dict[str, float]:
         """Weight of each learnable action as a positive (impressions are not learned)."""
         return {
             "view": self.weight_view,
