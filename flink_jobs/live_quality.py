@@ -63,7 +63,7 @@ class JobQuality:
     """Live HR@K / NDCG@K / coverage of one UserProcessor subtask."""
 
     def __init__(self, settings: Settings, metrics: JobMetrics) -> None:
-        self.k = settings.quality_k
+        self.k = min(settings.quality_k, settings.top_n)  # a list holds top_n items
         self.metrics = metrics
         self.coverage = shared_coverage(settings.quality_coverage_window_s)
         self.live = LiveQuality(self.k, settings.quality_users_max, self.coverage)

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
 
     # --- live quality (prequential, inside the job) ---------------------------------------
     quality_k: int = Field(
-        10, ge=0, le=1000, description="K of the live HR@K / NDCG@K per strategy, 0 = off"
+        10, ge=0, le=1000, description="K of the live HR@K / NDCG@K (cut at top_n), 0 = off"
     )
     quality_users_max: int = Field(
         100_000, ge=0, description="users whose last top-K list is kept in memory per subtask"
@@ -207,15 +207,6 @@ class Settings(BaseSettings):
         topics = {self.events_topic, self.dlq_topic, self.item_sync_topic}
         if len(topics) != 3:
             raise ValueError("events_topic, dlq_topic and item_sync_topic must differ")
-        return self
-
-    @model_validator(mode="after")
-    def _quality_k_within_lists(self) -> Settings:
-        if self.quality_k > self.top_n:
-            raise ValueError(
-                f"FLYWHEEL_QUALITY_K ({self.quality_k}) must not exceed FLYWHEEL_TOP_N "
-                f"({self.top_n}): only top_n items of a list are written"
-            )
         return self
 
     @property
