@@ -182,6 +182,64 @@ def _freshness_and_model() -> list[Panel]:
     ]
 
 
+_QUALITY = "flywheel_job_quality"
+_QUALITY_WINDOW = "30m"  # rolling window of the quality panels and of FlywheelQualityDrop
+_WARM = 'split!="cold"'  # as the offline headline figure: events of users with a history
+
+
+def _quality_rate(metric: str, by: str, selector: str = _WARM) -> str:
+    return f"sum by ({by}) (rate({_QUALITY}_{metric}{{{selector}}}[{_QUALITY_WINDOW}]))"
+
+
+def _quality() -> list[Panel]:
+    """Live prequential quality: each event tested against the lists served before it."""
+    evaluated = _quality_rate("evaluated_total", "strategy")
+    by_split = 'split=~"repeat|first_time"'
+    return [
+        _row("Recommendation quality (live, prequential)"),
+        _timeseries(
+            "HR@K by strategy (rolling 30 min)",
+            "Share of clicks, cart adds and purchases whose item was in the top-K list the "
+            "strategy had served the shopper (FLYWHEEL_QUALITY_K, label k), tested before the "
+            "model learns from the event; cold shoppers left out.",
+            "percentunit",
+            (f"{_quality_rate('hits_total', 'strategy')} / {evaluated}", "{{strategy}}"),
+        ),
+        _timeseries(
+            "NDCG@K by strategy (rolling 30 min)",
+            "Mean NDCG@K of the same events (1/log2(rank+1) for a hit, 0 for a miss).",
+            "short",
+            (f"{_quality_rate('ndcg_sum_total', 'strategy')} / {evaluated}", "{{strategy}}"),
+        ),
+        _timeseries(
+            "HR@K, repeat vs first-time items (rolling 30 min)",
+            "Hit rate on items the shopper interacted with before (repeat) and on new "
+            "(shopper, item) pairs (first_time): a strategy must not win by repeating the past.",
+            "percentunit",
+            (
+                f"{_quality_rate('hits_total', 'strategy, split', by_split)} / "
+                f"{_quality_rate('evaluated_total', 'strategy, split', by_split)}",
+                "{{strategy}} {{split}}",
+            ),
+        ),
+        _timeseries(
+            "Catalogue coverage by strategy",
+            "Distinct items in the top-K lists written in the trailing "
+            "FLYWHEEL_QUALITY_COVERAGE_WINDOW_S, over the items in the table.",
+            "percentunit",
+            (f"max by (strategy) ({_QUALITY}_coverage_ratio)", "{{strategy}}"),
+        ),
+        _timeseries(
+            "Events tested/s by strategy",
+            "Events tested against a strategy's list, and events with no list to test "
+            "(new shoppers, a restart, users evicted from FLYWHEEL_QUALITY_USERS_MAX).",
+            "ops",
+            (_rate(f"{_QUALITY}_evaluated_total", "strategy"), "tested {{strategy}}"),
+            (_rate(f"{_QUALITY}_not_evaluated_total", "strategy"), "not tested {{strategy}}"),
+        ),
+    ]
+
+
 def _experiments() -> list[Panel]:
     by_arm = "experiment, arm"
     impressions = _rate("flywheel_job_arm_impressions_total", by_arm)
@@ -341,7 +399,14 @@ def build_dashboard() -> dict[str, Any]:
         "annotations": {"list": []},
         "links": [],
         "panels": _layout(
-            [*_traffic(), *_freshness_and_model(), *_item_lists(), *_experiments(), *_flink()]
+            [
+                *_traffic(),
+                *_freshness_and_model(),
+                *_quality(),
+                *_item_lists(),
+                *_experiments(),
+                *_flink(),
+            ]
         ),
     }
 

@@ -70,6 +70,7 @@ def test_the_expected_alerts_exist() -> None:
         "FlywheelFreshnessP99High",
         "FlywheelKafkaLagGrowing",
         "FlywheelCheckpointFailures",
+        "FlywheelQualityDrop",
     }
 
 
