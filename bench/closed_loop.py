@@ -54,7 +54,7 @@ __all__ = ["EXPERIMENT", "PLOT", "RATE", "run"]
 EXPERIMENT = "closed-loop:ab:online_mf=50,trending=50"
 """The A/B split the job and the API run with (``FLYWHEEL_EXPERIMENT``)."""
 RATE = 30.0
-"""Visits per second: each is ~14 events (3 organic, 10 impressions, ~1 reaction)."""
+"""Visits per second: each is ~5 events (3 organic, 1 list impression, ~1 reaction)."""
 PLOT = RESULTS_DIR / "flywheel_ctr.png"
 _ROOT = Path(__file__).resolve().parent.parent
 _JOB_TIMEOUT_S = 300.0

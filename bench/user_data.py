@@ -85,7 +85,7 @@ def replay(events: Iterable[Mapping[str, Any]], settings: Settings) -> Replay:
         state.recent_ids.append(event.event_id)
         del state.recent_ids[:keep]
         state.n_events += 1
-        state.features.add(event.item, event.action, event.ts, event.category)
+        state.features.add(event.item, event.action, event.ts, event.category, len(event.shown))
         weight = model.weight_of(event.action)
         if weight > 0:
             context_record(state.context, event.item, event.ts, weight, out.popularity.weight)

@@ -57,12 +57,12 @@ def arm_of(served: ServedList) -> str:
 
 def events_per_visit(config: SimConfig) -> float:
     """About how many events one visit puts on the events topic: the organic ones, the
-    list's impressions (logged by the API) and about one reaction.
+    served list's impression event (one per list, logged by the API) and about one reaction.
 
     >>> events_per_visit(SimConfig(organic_per_visit=3.0, k=10))
-    14.0
+    5.0
     """
-    return config.organic_per_visit + config.k + 1.0
+    return config.organic_per_visit + 2.0
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ State kept:
 - in memory, per subtask: increments not yet written to Redis (at most four per arm), written
   by a background thread every :data:`FLUSH_S` with one pipelined round trip, and on close.
 
-Per event: an impression costs one state read and write (a bytes append); a click, cart add
-or purchase one state read, and a write only when credited; other actions nothing.
+Per event: an impression costs one state read and write (a bytes append), a list impression
+(the API logs one per served list) the same for all its items; a click, cart add or purchase
+one state read, and a write only when credited; other actions nothing.
 
 Delivery: the Redis counts are cumulative and at-least-once. After a restore from a
 checkpoint, the events replayed since that checkpoint are counted again, and increments
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 import redis
 from pyflink.datastream import RuntimeContext
@@ -35,7 +37,7 @@ from connectors.arm_counts import COUNT_OF_ACTION, add_counts
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
 from monitoring.metrics import JobMetrics
-from online_models.attribution import ATTRIBUTED, attribute, key_of, record_impression
+from online_models.attribution import ATTRIBUTED, attribute, key_of, record_impressions
 from online_models.experiments import Experiment
 
 __all__ = ["FLUSH_S", "ArmTracker"]
@@ -85,16 +87,20 @@ class ArmTracker:
         self._thread = threading.Thread(target=self._run, name="arm-counts", daemon=True)
         self._thread.start()
 
-    def observe(self, action: str, item: str, ts: int, experiment: str, arm: str) -> None:
-        """Count an accepted (not duplicate) event of the current user."""
+    def observe(
+        self, action: str, item: str, ts: int, experiment: str, arm: str, shown: Sequence[str] = ()
+    ) -> None:
+        """Count an accepted (not duplicate) event of the current user; ``shown`` holds the
+        items of a list impression (then one impression per item), else ``item`` is the one."""
         if action == "impression":
             index = self._index.get(arm) if experiment == self.name else None
             if index is None:
                 return
             raw = self.state.value()
             log = bytes(raw) if raw else None
-            self.state.update(record_impression(log, key_of(item), ts, self._key, index, self._max))
-            self._count(action, index)
+            keys = [key_of(i) for i in shown] if shown else [key_of(item)]
+            self.state.update(record_impressions(log, keys, ts, self._key, index, self._max))
+            self._count(action, index, len(keys))
         elif action in ATTRIBUTED:
             raw = self.state.value()
             if not raw:
@@ -132,11 +138,11 @@ class ArmTracker:
                 for key, n in pending.items():
                     self._pending[key] = self._pending.get(key, 0) + n
 
-    def _count(self, action: str, index: int) -> None:
-        self._counters[action][index].inc()
+    def _count(self, action: str, index: int, n: int = 1) -> None:
+        self._counters[action][index].inc(n)
         key = (self.name, self._fields[action][index])
         with self._lock:
-            self._pending[key] = self._pending.get(key, 0) + 1
+            self._pending[key] = self._pending.get(key, 0) + n
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_S):

@@ -3,6 +3,13 @@
 Stateless. Accepted events continue as :data:`~flink_jobs.user_processor.EVENT_TYPE` tuples;
 rejected payloads leave through the side output :data:`DEAD_LETTERS` as dead-letter records
 (original payload + reason + detail) and are counted by reason.
+
+A list impression (``item_ids``, one event per served list) stays one tuple: its ``item`` field
+is the first item shown and its last field the whole list as a JSON array
+(:func:`encode_shown`; ``""`` for an event about one item). The keyed operator expands it only
+where it needs per-item impressions (:func:`decode_shown`): the impression counts and the
+per-arm impression log. One tuple per list keeps a user's state read and written once per
+list, not once per item.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from pyflink.common import Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
@@ -17,7 +25,7 @@ from flywheel.events import Rejection, check_event, dead_letter
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
 
-__all__ = ["DEAD_LETTERS", "ParseEvents"]
+__all__ = ["DEAD_LETTERS", "ParseEvents", "decode_shown", "encode_shown"]
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 
@@ -47,5 +55,23 @@ class ParseEvents(ProcessFunction):
         yield (
             parsed.event_id, parsed.user, parsed.item, parsed.action, parsed.ts,
             parsed.scene, parsed.category, parsed.brand, parsed.price, int(ingest),
-            parsed.experiment, parsed.arm,
+            parsed.experiment, parsed.arm, encode_shown(parsed.items),
         )  # fmt: skip
+
+
+def encode_shown(items: tuple[str, ...]) -> str:
+    """The tuple field of a list impression's items: a JSON array, ``""`` for no list.
+
+    >>> encode_shown(("a", "b")), encode_shown(())
+    ('["a","b"]', '')
+    """
+    return orjson.dumps(items).decode() if items else ""
+
+
+def decode_shown(field: str) -> tuple[str, ...]:
+    """The items of a list impression from :func:`encode_shown`'s field (``()`` for none).
+
+    >>> decode_shown('["a","b"]'), decode_shown("")
+    (('a', 'b'), ())
+    """
+    return tuple(orjson.loads(field)) if field else ()

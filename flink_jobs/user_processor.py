@@ -41,6 +41,7 @@ from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.live_quality import JobQuality
+from flink_jobs.parse import decode_shown
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.state_cache import DecodedStates
 from flink_jobs.state_descriptors import BYTES, bytes_state
@@ -53,11 +54,12 @@ from online_models.popularity import WindowedPopularity
 
 __all__ = ["EVENT_TYPE", "ITEMS_DESCRIPTOR", "UserProcessor"]
 
-# event_id, user, item, action, ts, scene, category, brand, price, ingest_ms, experiment, arm
+# event_id, user, item, action, ts, scene, category, brand, price, ingest_ms, experiment, arm,
+# shown (a list impression's items, flink_jobs.parse.encode_shown; "" otherwise)
 EVENT_TYPE = Types.TUPLE(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
      Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(),
-     Types.STRING(), Types.STRING()]
+     Types.STRING(), Types.STRING(), Types.STRING()]
 )  # fmt: skip
 ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), BYTES)
 _MAX_UNPUBLISHED = 2048
@@ -111,6 +113,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     def process_element(self, value: tuple[Any, ...], ctx: Any):
         self._restore_items(ctx)
         event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value[:10]
+        shown = decode_shown(value[12])  # a list impression's items, () for other events
         if action == "forget":
             self._forget(user)
             return
@@ -122,12 +125,12 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             return
         state.recent_ids.append(event_id)
         if self.arms:  # per-arm counts of the experiment (impressions, attributed actions)
-            self.arms.observe(action, item, ts, value[10], value[11])
+            self.arms.observe(action, item, ts, value[10], value[11], shown)
         del state.recent_ids[: -self.settings.dedupe_window or None]
         if self.quality:  # test, then train: the lists served so far meet the event first
             self.quality.test(user, item, action, state)
         state.n_events += 1
-        if not state.features.add(item, action, ts, category):
+        if not state.features.add(item, action, ts, category, len(shown) or 1):
             self.metrics.late_events.inc()
         weight = self.model.weight_of(action)
         pairs = None

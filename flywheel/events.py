@@ -14,6 +14,20 @@ the impressions of an experiment's lists, see :mod:`online_models.experiments`).
 in the object (e.g. an impression's ``request_id``, ``strategy``, ``position``, ``propensity``)
 is ignored.
 
+**List impressions.** An ``impression`` may carry ``item_ids`` (an array of 1 to
+:data:`MAX_SHOWN_ITEMS` item ids, in the order shown: positions are implicit) instead of
+``item_id``: one event for a whole served list, which the job counts as one impression per
+item. This is what the API logs::
+
+    {"event_id": "9f0c…", "user_id": "u42", "action": "impression", "ts": 1700000000000,
+     "item_ids": ["sku-7", "sku-3"], "scene": "home", "request_id": "9f0c…",
+     "strategy": "online_mf"}
+
+A single-item impression (``item_id``) stays valid. An event carries ``item_id`` or
+``item_ids``, not both; ``item_ids`` on another action, an empty or too long list are
+rejected with reason ``bad_item_list``, a list element that is not an id with ``wrong_type``
+(the detail names the element, e.g. ``item_ids[2]``).
+
 :func:`parse_event` never raises on bad input: it returns an :class:`Event` or a
 :class:`Rejection` whose ``reason`` is one of :data:`REJECT_REASONS` (a bounded set, safe as a
 metric label) and whose ``detail`` names the offending field. The user id is replaced by its
@@ -23,7 +37,6 @@ state, Redis or logs.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +47,7 @@ from flywheel.settings import ACTIONS, Settings
 
 __all__ = [
     "ACTIONS",
+    "MAX_SHOWN_ITEMS",
     "REJECT_REASONS",
     "Event",
     "Rejection",
@@ -51,8 +65,11 @@ REJECT_REASONS: tuple[str, ...] = (
     "wrong_type",
     "unknown_action",
     "bad_timestamp",
+    "bad_item_list",
 )
 MAX_ID_CHARS = 128
+MAX_SHOWN_ITEMS = 100
+"""Most item ids one list impression (``item_ids``) may carry."""
 _REQUIRED = ("event_id", "user_id", "item_id", "action", "ts")
 _OPTIONAL_STR = ("scene", "category", "brand", "experiment", "arm")
 _ACTION_SET = frozenset(ACTIONS)
@@ -73,6 +90,14 @@ class Event:
     price: float = -1.0
     experiment: str = ""
     arm: str = ""
+    items: tuple[str, ...] = ()
+    """A list impression's item ids in the order shown (``item`` is the first); empty for an
+    event about one item."""
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        """The items the event is about: ``items`` of a list impression, else ``(item,)``."""
+        return self.items or (self.item,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +114,7 @@ def pseudonymise(user_id: str, key: str) -> str:
     >>> pseudonymise("alice", "secret-key")
     '5c7dff8695e1bf7eab3bf03a9c7950b1'
     """
-    return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(key.encode(), user_id.encode(), "sha256").hex()[:32]
 
 
 def parse_event(
@@ -118,29 +143,14 @@ def parse_event(
         return Rejection("malformed_json", f"invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-    for name in _REQUIRED:
-        if obj.get(name) is None:
-            return Rejection("missing_field", f"missing field {name}")
-    ids = [_as_id(obj[name]) for name in ("event_id", "user_id", "item_id")]
-    for name, value in zip(("event_id", "user_id", "item_id"), ids, strict=True):
-        if value is None:
-            return Rejection("wrong_type", f"{name} must be a non-empty string of <= 128 chars")
-    action = obj["action"]
-    if not isinstance(action, str):
-        return Rejection("wrong_type", "action must be a string")
-    if action not in _ACTION_SET:
-        return Rejection("unknown_action", f"unknown action {action[:40]!r}")
-    ts = obj["ts"]
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        return Rejection("wrong_type", "ts must be an integer (epoch milliseconds)")
-    if ts < min_ts_ms or ts > now_ms + max_future_skew_ms:
-        return Rejection("bad_timestamp", f"ts {ts} is outside [{min_ts_ms}, now + skew]")
+    required = _required_fields(obj, min_ts_ms, now_ms + max_future_skew_ms)
+    if isinstance(required, Rejection):
+        return required
     optional = _optional_fields(obj)
     if isinstance(optional, Rejection):
         return optional
-    event_id, user_id, item_id = ids
-    assert event_id is not None and user_id is not None and item_id is not None
-    return Event(event_id, pseudonymise(user_id, hmac_key), item_id, action, ts, *optional)
+    event_id, user_id, item_id, action, ts, items = required
+    return Event(event_id, pseudonymise(user_id, hmac_key), item_id, action, ts, *optional, items)
 
 
 def check_event(payload: bytes | str, settings: Settings, now_ms: int) -> Event | Rejection:
@@ -154,6 +164,63 @@ def check_event(payload: bytes | str, settings: Settings, now_ms: int) -> Event 
         min_ts_ms=settings.min_event_ts_ms,
         max_future_skew_ms=settings.max_future_skew_ms,
     )
+
+
+def _required_fields(
+    obj: dict[str, Any], min_ts_ms: int, max_ts_ms: int
+) -> tuple[str, str, str, str, int, tuple[str, ...]] | Rejection:
+    """``event_id, user_id, item_id, action, ts, items`` (``items`` empty unless the event is
+    a list impression, whose ``item_id`` is then its first item)."""
+    listed = obj.get("item_ids")
+    for name in _REQUIRED:
+        if obj.get(name) is None and (name != "item_id" or listed is None):
+            return Rejection("missing_field", f"missing field {name}")
+    names = ("event_id", "user_id", "item_id") if listed is None else ("event_id", "user_id")
+    ids = [_as_id(obj[name]) for name in names]
+    for name, value in zip(names, ids, strict=True):
+        if value is None:
+            return Rejection("wrong_type", f"{name} must be a non-empty string of <= 128 chars")
+    action = obj["action"]
+    if not isinstance(action, str):
+        return Rejection("wrong_type", "action must be a string")
+    if action not in _ACTION_SET:
+        return Rejection("unknown_action", f"unknown action {action[:40]!r}")
+    items: tuple[str, ...] = ()
+    if listed is not None:
+        checked = _item_list(listed, action, obj.get("item_id"))
+        if isinstance(checked, Rejection):
+            return checked
+        items = checked
+    ts = obj["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        return Rejection("wrong_type", "ts must be an integer (epoch milliseconds)")
+    if ts < min_ts_ms or ts > max_ts_ms:
+        return Rejection("bad_timestamp", f"ts {ts} is outside [{min_ts_ms}, now + skew]")
+    event_id, user_id = ids[0], ids[1]
+    item_id = items[0] if items else ids[2]
+    assert event_id is not None and user_id is not None and item_id is not None
+    return event_id, user_id, item_id, action, ts, items
+
+
+def _item_list(listed: Any, action: str, item_id: Any) -> tuple[str, ...] | Rejection:
+    """The ids of a list impression's ``item_ids``, or why they are refused."""
+    if action != "impression":
+        return Rejection("bad_item_list", f"item_ids is only accepted on impressions, not {action}")
+    if item_id is not None:
+        return Rejection("bad_item_list", "an event carries item_id or item_ids, not both")
+    if not isinstance(listed, list):
+        return Rejection("wrong_type", "item_ids must be an array of item ids")
+    if not 1 <= len(listed) <= MAX_SHOWN_ITEMS:
+        detail = f"item_ids must hold 1..{MAX_SHOWN_ITEMS} item ids, got {len(listed)}"
+        return Rejection("bad_item_list", detail)
+    items = []
+    for index, value in enumerate(listed):
+        item = _as_id(value)
+        if item is None:
+            detail = f"item_ids[{index}] must be a non-empty string of <= 128 chars"
+            return Rejection("wrong_type", detail)
+        items.append(item)
+    return tuple(items)
 
 
 def _as_id(value: Any) -> str | None:

@@ -12,16 +12,26 @@ item hash, timestamp, 32-bit experiment hash, arm index, flags of what was attri
 log is bounded by ``max_entries``; an older impression falls out of it (and can no longer be
 credited) when the user has seen ``max_entries`` newer ones. Items are kept as 64-bit hashes:
 two items of one user's log colliding is a ~1e-15 event and would credit the wrong item's
-impression. Appending is a bytes concatenation (cheap enough for every impression); looking up
-is a reverse byte search for the item's hash (a few microseconds for a log of 100).
+impression. Appending is a bytes concatenation (one per served list: a list impression adds
+one record per item shown, in the order shown); looking up is a reverse byte search for the
+item's hash (a few microseconds for a log of 100).
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
-__all__ = ["ATTRIBUTED", "RECORD", "ImpressionLog", "attribute", "key_of", "record_impression"]
+__all__ = [
+    "ATTRIBUTED",
+    "RECORD",
+    "ImpressionLog",
+    "attribute",
+    "key_of",
+    "record_impression",
+    "record_impressions",
+]
 
 RECORD = struct.Struct("<QqIBB")
 """One impression: item hash, event time (ms), experiment hash, arm index, attributed flags."""
@@ -52,7 +62,28 @@ def record_impression(
     >>> len(log) // RECORD.size   # "a" fell out
     2
     """
-    log = (log or b"") + RECORD.pack(item, ts, experiment, arm, 0)
+    return record_impressions(log, (item,), ts, experiment, arm, max_entries)
+
+
+def record_impressions(
+    log: ImpressionLog | None,
+    items: Sequence[int],
+    ts: int,
+    experiment: int,
+    arm: int,
+    max_entries: int,
+) -> ImpressionLog:
+    """``log`` with one impression per item of a served list (in the order shown), keeping
+    only the newest ``max_entries``: one append for the whole list.
+
+    >>> e = key_of("e", 4)
+    >>> log = record_impressions(None, [key_of("a"), key_of("b")], 1000, e, 0, max_entries=10)
+    >>> len(log) // RECORD.size, attribute(log, key_of("b"), e, "click", 1500, 60_000)[1]
+    (2, 0)
+    """
+    pack = RECORD.pack
+    added = b"".join([pack(item, ts, experiment, arm, 0) for item in items])
+    log = (log or b"") + added
     excess = len(log) - max_entries * _SIZE
     return log[excess:] if excess > 0 else log
 

@@ -89,9 +89,13 @@ class UserFeatures:
         # window seconds -> {bucket start ms: {action: count}}
         self.buckets: dict[int, dict[int, dict[str, int]]] = {w: {} for w in windows_s}
 
-    def add(self, item: str, action: str, ts: int, category: str = "") -> bool:
-        """Record one accepted event; returns False when it was late for the windows."""
-        self.totals[action] = self.totals.get(action, 0) + 1
+    def add(self, item: str, action: str, ts: int, category: str = "", count: int = 1) -> bool:
+        """Record one accepted event; returns False when it was late for the windows.
+
+        ``count`` > 1 records an event about several items at once (a list impression: one
+        impression per item shown) in the totals and windows.
+        """
+        self.totals[action] = self.totals.get(action, 0) + count
         if action != "impression":  # shown is not chosen: only shopper actions are remembered
             if category:
                 self._count_category(category)
@@ -104,7 +108,7 @@ class UserFeatures:
             for window, buckets in self.buckets.items():
                 start = ts - ts % (window * 1000 // BUCKETS)
                 counts = buckets.setdefault(start, {})
-                counts[action] = counts.get(action, 0) + 1
+                counts[action] = counts.get(action, 0) + count
         self._expire()
         return on_time
 

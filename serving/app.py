@@ -3,11 +3,13 @@
 Endpoints (OpenAPI docs at ``/docs``):
 
 - ``GET /v1/recommendations?user_id=&scene=home|cart|product&item_id=&k=10&diversity=``:
-  the list to show (rules in :mod:`serving.recommend`); every served item is logged as an
-  ``impression`` event to the events topic (fire-and-forget, losses counted). When
-  ``FLYWHEEL_EXPERIMENT`` runs on the scene, an arm is chosen per request
-  (:mod:`serving.assignment`), serves its strategy, and is named in the response and on the
-  impressions (``experiment``, ``arm``, ``propensity``).
+  the list to show (rules in :mod:`serving.recommend`); every served list is logged as one
+  ``impression`` event carrying its items in order (``item_ids``) to the events topic
+  (fire-and-forget, losses counted). When ``FLYWHEEL_EXPERIMENT`` runs on the scene, an arm is
+  chosen per request (:mod:`serving.assignment`), serves its strategy, and is named in the
+  response and on the impression (``experiment``, ``arm``, ``propensity``). The response is
+  encoded with orjson straight from the served list (the :class:`Recommendations` model
+  documents it; it is not re-validated per request).
 - ``POST /v1/events``: one event or an array of at most 1000, validated with the job's rules
   (:func:`serving.ingest.parse_batch`); all are produced, or none (400/422 naming the event
   index and field). 202 once the broker acknowledged them.
@@ -27,14 +29,17 @@ app's lifespan; one app serves one event loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -43,12 +48,12 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flywheel.events import MAX_ID_CHARS, pseudonymise
+from flywheel.events import MAX_ID_CHARS, MAX_SHOWN_ITEMS, pseudonymise
 from flywheel.settings import Settings
 from online_models.experiments import Assignment
 from serving.assignment import ArmChooser
 from serving.health import REQUIRED, check_all
-from serving.ingest import MAX_BATCH, BadBatch, forget_record, impression_records, parse_batch
+from serving.ingest import MAX_BATCH, BadBatch, forget_record, impression_record, parse_batch
 from serving.kafka_sink import KafkaSink, SinkError
 from serving.metrics import ApiMetrics, endpoint_of
 from serving.recommend import RecRequest, Served, recommend
@@ -57,8 +62,8 @@ from serving.web import add_web_page
 
 __all__ = ["MAX_K", "create_app", "serve"]
 
-MAX_K = 100
-"""Largest ``k`` a request may ask for."""
+MAX_K = MAX_SHOWN_ITEMS
+"""Largest ``k`` a request may ask for: a served list fits in one impression event."""
 
 log = logging.getLogger(__name__)
 Scene = Literal["home", "cart", "product"]
@@ -210,6 +215,9 @@ def _add_recommendations(
             experiment, settings.hmac_key, lambda name: clients.get()[0].arm_counts(name)
         )
 
+    new_request_id = _request_ids()
+    served_counters = metrics.lists_served_counter
+
     @app.get("/v1/recommendations", response_model=Recommendations, tags=["recommendations"])
     async def recommendations(
         user_id: UserId,
@@ -221,7 +229,7 @@ def _add_recommendations(
         diversity: Annotated[
             float | None, Query(ge=0, le=1, description="0 = relevance order")
         ] = None,
-    ) -> Recommendations:
+    ) -> Response:
         """The user's list for ``scene``: personal when the job wrote one, else trending."""
         if scene == "product" and item_id is None:
             raise RequestValidationError([_missing("item_id", "required when scene=product")])
@@ -233,39 +241,42 @@ def _add_recommendations(
         strategy = arm.arm if arm is not None else None
         request = RecRequest(scene, k, item_id, lam, settings.exclude_purchased, strategy)
         served = recommend(snapshot, request)
-        request_id = uuid.uuid4().hex
-        _log_impressions(sink, settings, user_id, scene, served, request_id, arm)
-        metrics.lists_served.labels(scene, served.strategy).inc()
-        items = [Item(item_id=s.item_id, score=s.score, reason=s.reason) for s in served.items]
-        return Recommendations(
-            user_id=user_id,
-            scene=scene,
-            strategy=served.strategy,
-            request_id=request_id,
-            diversified=served.diversified,
-            items=items,
-            experiment=arm.experiment if arm is not None else None,
-            arm=arm.arm if arm is not None else None,
-            propensity=arm.propensity if arm is not None else None,
-        )
+        request_id = new_request_id()
+        if served.items:  # one impression event for the whole list (fire-and-forget)
+            ids = [s.item_id for s in served.items]
+            shown = (user, user_id, scene, served.strategy, request_id, ids, _now_ms(), arm)
+            sink.fire([impression_record(*shown)])
+        served_counters(scene, served.strategy).inc()
+        body = _recommendations_json(user_id, scene, request_id, served, arm)
+        return Response(body, media_type="application/json")
 
 
-def _log_impressions(
-    sink: KafkaSink,
-    settings: Settings,
-    user_id: str,
-    scene: str,
-    served: Served,
-    request_id: str,
-    arm: Assignment | None,
-) -> None:
-    """Produce the served list's impression events (fire-and-forget)."""
-    ids = [s.item_id for s in served.items]
-    if ids:
-        records = impression_records(
-            user_id, scene, served.strategy, request_id, ids, settings.hmac_key, _now_ms(), arm
-        )
-        sink.fire(records)
+def _recommendations_json(
+    user_id: str, scene: str, request_id: str, served: Served, arm: Assignment | None
+) -> bytes:
+    """The :class:`Recommendations` document of a served list, encoded by orjson (the
+    :class:`~serving.recommend.Scored` dataclasses encode as ``item_id, score, reason``)."""
+    return orjson.dumps(
+        {
+            "user_id": user_id,
+            "scene": scene,
+            "strategy": served.strategy,
+            "request_id": request_id,
+            "diversified": served.diversified,
+            "items": served.items,
+            "experiment": arm.experiment if arm is not None else None,
+            "arm": arm.arm if arm is not None else None,
+            "propensity": arm.propensity if arm is not None else None,
+        }
+    )
+
+
+def _request_ids() -> Callable[[], str]:
+    """A source of request ids: 32 hex characters, a random per-process prefix and a counter
+    (unique across processes and restarts without a system call per request)."""
+    prefix = os.urandom(8).hex()
+    counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+    return lambda: f"{prefix}{next(counter):016x}"
 
 
 def _add_events(app: FastAPI, settings: Settings, clients: _Clients, metrics: ApiMetrics) -> None:

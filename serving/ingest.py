@@ -9,10 +9,12 @@ validates and pseudonymises it like any other event.
   most :data:`MAX_BATCH`) with :func:`flywheel.events.check_event`, the job's own rules, and
   refuses the whole batch at the first bad event, naming its index, reason and field.
   ``forget`` is refused there: erasure goes through ``DELETE /v1/users/{user_id}``.
-- :func:`impression_records`: one ``impression`` event per served item, with the extra fields
-  ``request_id``, ``strategy`` and ``position`` (1-based), which the job ignores, and, when an
-  experiment assigned the request, ``experiment``, ``arm`` (which the job counts per arm) and
-  ``propensity`` (the probability the arm had of being chosen, for off-policy evaluation).
+- :func:`impression_record`: one ``impression`` event per served list, its items in
+  ``item_ids`` in the order shown (positions are implicit), with the extra fields
+  ``request_id`` and ``strategy``, which the job ignores, and, when an experiment assigned the
+  request, ``experiment``, ``arm`` (which the job counts per arm) and ``propensity`` (the
+  probability the arm had of being chosen, for off-policy evaluation). Its ``event_id`` is the
+  ``request_id``.
 - :func:`forget_record`: the tombstone ``{"action": "forget", "item_id": "-"}``; the job
   clears the user's Flink state, queued refresh and Redis keys when it reads it.
 """
@@ -33,7 +35,7 @@ __all__ = [
     "BadBatch",
     "Record",
     "forget_record",
-    "impression_records",
+    "impression_record",
     "parse_batch",
 ]
 
@@ -88,39 +90,37 @@ def parse_batch(body: bytes, settings: Settings, now_ms: int) -> list[Record] | 
     return records
 
 
-def impression_records(
+def impression_record(
+    user: str,
     user_id: str,
     scene: str,
     strategy: str,
     request_id: str,
     item_ids: list[str],
-    hmac_key: str,
     now_ms: int,
     assignment: Assignment | None = None,
-) -> list[Record]:
-    """One ``impression`` event per served item, in served order.
+) -> Record:
+    """The ``impression`` event of one served list (``item_ids`` in served order), keyed by
+    ``user``, the pseudonym of ``user_id``.
 
-    >>> [p for _, p in impression_records("u", "home", "trending", "r1", ["i"], "k" * 8, 5)]
-    [b'{"event_id":"r1-1","user_id":"u","item_id":"i","action":"impression","ts":5,"scene":"home","request_id":"r1","strategy":"trending","position":1}']
+    >>> impression_record("ab12", "u", "home", "trending", "r1", ["i", "j"], 5)[1]
+    b'{"event_id":"r1","user_id":"u","item_ids":["i","j"],"action":"impression","ts":5,"scene":"home","request_id":"r1","strategy":"trending"}'
     """
-    key = pseudonymise(user_id, hmac_key).encode()
-    arm: dict[str, Any] = {}
+    event: dict[str, Any] = {
+        "event_id": request_id,
+        "user_id": user_id,
+        "item_ids": item_ids,
+        "action": "impression",
+        "ts": now_ms,
+        "scene": scene,
+        "request_id": request_id,
+        "strategy": strategy,
+    }
     if assignment is not None:
-        arm = {"experiment": assignment.experiment, "arm": assignment.arm}
-        arm["propensity"] = round(assignment.propensity, 6)
-    records = []
-    for position, item_id in enumerate(item_ids, start=1):
-        event: dict[str, Any] = {
-            "event_id": f"{request_id}-{position}",
-            "user_id": user_id,
-            "item_id": item_id,
-            "action": "impression",
-            "ts": now_ms,
-            "scene": scene,
-        }
-        event |= {"request_id": request_id, "strategy": strategy, "position": position, **arm}
-        records.append((key, orjson.dumps(event)))
-    return records
+        event["experiment"] = assignment.experiment
+        event["arm"] = assignment.arm
+        event["propensity"] = round(assignment.propensity, 6)
+    return user.encode(), orjson.dumps(event)
 
 
 def forget_record(user_id: str, event_id: str, hmac_key: str, now_ms: int) -> Record:

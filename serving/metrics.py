@@ -3,10 +3,13 @@
 Each app gets its own :class:`~prometheus_client.CollectorRegistry` (tests build several apps
 in one process). Label values are bounded: endpoints are route templates from
 :data:`ENDPOINTS` (unknown paths are ``other``), statuses are HTTP status codes, scenes and
-strategies come from fixed tuples; never a user or item id.
+strategies come from fixed tuples; never a user or item id. The labelled children are cached
+per label combination (bounded by those sets), so a request costs no label lookup.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -82,12 +85,26 @@ class ApiMetrics:
         self.impressions_lost = Counter(
             f"{ns}_impressions_lost", "Impression events dropped or not delivered", registry=reg
         )
+        self._by_request: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._by_list: dict[tuple[str, str], Any] = {}
         self._preinitialise()
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one request and its latency."""
-        self.requests.labels(endpoint, str(status)).inc()
-        self.request_seconds.labels(endpoint, str(status)).observe(seconds)
+        children = self._by_request.get((endpoint, status))
+        if children is None:  # labelled children are looked up once per (endpoint, status)
+            labels = (endpoint, str(status))
+            children = self.requests.labels(*labels), self.request_seconds.labels(*labels)
+            self._by_request[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def lists_served_counter(self, scene: str, strategy: str) -> Any:
+        """The ``lists_served`` child of ``scene`` and ``strategy`` (looked up once)."""
+        child = self._by_list.get((scene, strategy))
+        if child is None:
+            child = self._by_list[(scene, strategy)] = self.lists_served.labels(scene, strategy)
+        return child
 
     def _preinitialise(self) -> None:
         for endpoint in ENDPOINTS[:-1]:

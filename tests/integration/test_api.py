@@ -111,9 +111,11 @@ def _topic_events(
         consumer.close()
 
 
-def _event(user: str, item: str = "sku-1", **changes: Any) -> dict[str, Any]:
+def _event(user: str, item: str | None = "sku-1", **changes: Any) -> dict[str, Any]:
+    """A click event; ``item=None`` leaves ``item_id`` out (for a list impression)."""
     base = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": item, "action": "click"}
-    return {**base, "ts": int(time.time() * 1000), **changes}
+    event = {**base, "ts": int(time.time() * 1000), **changes}
+    return {k: v for k, v in event.items() if v is not None}
 
 
 # --- recommendations ---------------------------------------------------------------------------
@@ -179,27 +181,39 @@ def test_bad_queries_are_422_naming_the_field(
     assert field in {err["loc"][-1] for err in response.json()["detail"]}
 
 
-def test_served_items_are_logged_as_impressions(api: httpx.Client, settings: Settings) -> None:
+def test_a_served_list_is_logged_as_one_impression_event(
+    api: httpx.Client, settings: Settings
+) -> None:
     user = f"viewer-{uuid.uuid4().hex[:6]}"
     body = api.get("/v1/recommendations", params={"user_id": user, "k": 3}).json()
-    found = _topic_events(settings, lambda e: e.get("request_id") == body["request_id"], 3)
-    events = sorted((e for _, e in found), key=lambda e: e["position"])
-    assert [e["item_id"] for e in events] == [i["item_id"] for i in body["items"]]
-    assert {(e["action"], e["user_id"], e["scene"], e["strategy"]) for e in events} == {
-        ("impression", user, "home", "trending")
-    }
-    assert {key for key, _ in found} == {pseudonymise(user, settings.hmac_key).encode()}
+    found = _topic_events(settings, lambda e: e.get("request_id") == body["request_id"], 2, 5)
+    assert len(found) == 1  # one record for the list, not one per item
+    key, event = found[0]
+    assert event["item_ids"] == [i["item_id"] for i in body["items"]]  # in the order shown
+    assert "item_id" not in event
+    assert (event["action"], event["user_id"], event["scene"], event["strategy"]) == (
+        "impression",
+        user,
+        "home",
+        "trending",
+    )
+    assert event["event_id"] == body["request_id"]
+    assert key == pseudonymise(user, settings.hmac_key).encode()
 
 
 # --- events ------------------------------------------------------------------------------------
 def test_events_are_produced_keyed_by_pseudonym(api: httpx.Client, settings: Settings) -> None:
     marker = uuid.uuid4().hex
     one = api.post("/v1/events", json=_event("eve", marker))
-    many = api.post("/v1/events", json=[_event("eve", marker), _event("fay", marker)])
+    shown = _event("fay", None, action="impression", item_ids=[marker, "other"])
+    many = api.post("/v1/events", json=[_event("eve", marker), shown])
     assert (one.status_code, one.json()) == (202, {"accepted": 1})
     assert (many.status_code, many.json()) == (202, {"accepted": 2})
-    found = _topic_events(settings, lambda e: e.get("item_id") == marker, 3)
+    found = _topic_events(
+        settings, lambda e: marker in (e.get("item_id"), *e.get("item_ids", ())), 3
+    )
     assert sorted(e["user_id"] for _, e in found) == ["eve", "eve", "fay"]  # raw: job hashes
+    assert [e["item_ids"] for _, e in found if e["user_id"] == "fay"] == [[marker, "other"]]
     assert {key for key, e in found if e["user_id"] == "eve"} == {
         pseudonymise("eve", settings.hmac_key).encode()
     }
@@ -215,6 +229,7 @@ def _bad_bodies(marker: str) -> dict[str, bytes]:
         "wrong_type": orjson.dumps([ok, {**ok, "ts": "yesterday"}]),
         "unknown_action": orjson.dumps([ok, {**ok, "action": "teleport"}]),
         "bad_timestamp": orjson.dumps([ok, {**ok, "ts": 42}]),
+        "bad_item_list": orjson.dumps([ok, {**ok, "action": "impression", "item_ids": [marker]}]),
     }
 
 
@@ -236,6 +251,14 @@ def test_every_bad_event_class_is_4xx_and_produces_nothing(
         assert detail["reason"] == reason
     missing = api.post("/v1/events", content=bodies["missing_field"]).json()["detail"]
     assert missing["message"] == "event 1: missing_field: missing field ts"
+    for item_ids, message in [
+        ([], "event 0: bad_item_list: item_ids must hold 1..100 item ids, got 0"),
+        ([marker, 3.5], "event 0: wrong_type: item_ids[1] must be a non-empty string of <= 128"),
+    ]:
+        shown = _event("u", None, action="impression", item_ids=item_ids)
+        response = api.post("/v1/events", json=shown)
+        assert response.status_code == 422
+        assert response.json()["detail"]["message"].startswith(message)
     for body in (b"[]", orjson.dumps([_event("u", marker)] * 1001), b'"x"'):
         assert api.post("/v1/events", content=body).status_code == 400
     forget = api.post("/v1/events", json=_event("u", marker, action="forget"))

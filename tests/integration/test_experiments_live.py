@@ -105,7 +105,8 @@ def test_ab_arms_are_sticky_serve_their_strategy_and_are_logged(base: Settings) 
         assert (outside["experiment"], outside["arm"], outside["propensity"]) == (None, None, None)
 
     ids = {inside["request_id"], outside["request_id"]}
-    found = topic_events(settings, lambda e: e.get("request_id") in ids, 6)
+    found = topic_events(settings, lambda e: e.get("request_id") in ids, 2)
+    assert [len(e["item_ids"]) for _, e in found] == [3, 3]  # one event per list
     logged = {
         (e["request_id"], e.get("experiment"), e.get("arm"), e.get("propensity")) for _, e in found
     }
@@ -127,7 +128,7 @@ def test_the_bandit_follows_the_counts_in_redis(base: Settings) -> None:
         assert {(s["arm"], s["strategy"]) for s in served} == {("trending", "trending")}
         assert served[0]["propensity"] == pytest.approx(expected[1])
         request_id = served[0]["request_id"]
-        found = topic_events(settings, lambda e: e.get("request_id") == request_id, 3)
+        found = topic_events(settings, lambda e: e.get("request_id") == request_id, 1)
         assert {(e["arm"], e["propensity"]) for _, e in found} == {
             ("trending", round(served[0]["propensity"], 6))
         }
@@ -259,3 +260,59 @@ def _minus(after: ArmCounts | None, before: ArmCounts | None) -> ArmCounts:
         a.add_to_carts - b.add_to_carts,
         a.purchases - b.purchases,
     )
+
+
+def test_a_served_list_is_counted_per_arm_and_a_click_on_it_is_attributed(
+    running_job: RunningJob,
+) -> None:
+    """End to end with the list form: the API logs each served list as one impression event;
+    the job counts one impression per item for the list's arm, and credits a click on a shown
+    item to that arm."""
+    settings = running_job.settings.with_overrides(experiment=LIVE_EXPERIMENT)
+    tag = uuid.uuid4().hex[:6]
+    users = {arm: _user_in(settings, arm, tag) for arm in ("online_mf", "trending")}
+    with serve(settings) as api:
+        peer = [_event(f"peer-{tag}", f"list-{tag}-{i}", "purchase", _now()) for i in range(6)]
+        assert api.post("/v1/events", json=peer).status_code == 202  # trending gets items
+        probe = {"scene": "product", "item_id": "none", "k": 4}  # a scene outside the test
+        running_job.wait_for(lambda: len(_get(api, f"probe-{tag}", **probe)["items"]) == 4)
+        pre_initialised = ("flywheel_job_arm_clicks_total", "trending")
+        running_job.wait_for(lambda: pre_initialised in _arm_metrics(settings))
+        before_redis = read_counts(running_job.redis, settings.redis_prefix, "live-ab")
+        before_metrics = _arm_metrics(settings)
+        shown = {arm: _get(api, user, k=4) for arm, user in users.items()}
+        for arm, served in shown.items():
+            assert (served["arm"], len(served["items"])) == (arm, 4)
+            clicked = served["items"][1]["item_id"]  # a shown item, not the first
+            click = _event(users[arm], clicked, "click", _now() + 500)
+            assert api.post("/v1/events", json=click).status_code == 202
+        expected = {arm: ArmCounts(impressions=4, clicks=1) for arm in users}
+
+        def delta() -> dict[str, ArmCounts]:
+            after = read_counts(running_job.redis, settings.redis_prefix, "live-ab")
+            return {arm: _minus(after.get(arm), before_redis.get(arm)) for arm in expected}
+
+        running_job.wait_for(lambda: delta() == expected)
+        after_metrics = _arm_metrics(settings)
+        counted = {k: after_metrics[k] - before_metrics.get(k, 0.0) for k in after_metrics}
+        for arm in expected:
+            assert counted[("flywheel_job_arm_impressions_total", arm)] == 4
+            assert counted[("flywheel_job_arm_clicks_total", arm)] == 1
+        user = users["trending"]  # the click refreshed the user's features: 4 impressions
+        running_job.wait_for(lambda: api.get(f"/v1/users/{user}/features").status_code == 200)
+        features = api.get(f"/v1/users/{user}/features").json()["features"]
+        assert features["totals"] == {"impression": 4, "click": 1}
+
+
+def _user_in(settings: Settings, arm: str, tag: str) -> str:
+    """A raw user id, new to the session, that the A/B experiment puts in ``arm``."""
+    spec = _spec(settings)
+    for i in range(1000):
+        user = f"list-{arm}-{tag}-{i}"
+        if assign(spec, pseudonymise(user, settings.hmac_key), settings.hmac_key).arm == arm:
+            return user
+    raise AssertionError(f"no user in arm {arm}")
+
+
+def _now() -> int:
+    return int(time.time() * 1000)

@@ -20,7 +20,7 @@ from online_models.experiments import (
     parse_experiment,
 )
 from serving.assignment import ArmChooser
-from serving.ingest import impression_records
+from serving.ingest import impression_record
 from serving.recommend import RecRequest, Snapshot, recommend
 
 KEY = "unit-test-key"
@@ -96,14 +96,12 @@ def test_the_trending_arm_serves_trending_to_a_user_with_a_personal_list() -> No
 
 def test_impressions_carry_experiment_arm_and_propensity() -> None:
     arm = Assignment("home-ab", "trending", 0.5)
-    records = impression_records("u", "home", "trending", "r1", ["a", "b"], KEY, 5, arm)
-    events = [orjson.loads(payload) for _, payload in records]
-    assert [(e["experiment"], e["arm"], e["propensity"], e["position"]) for e in events] == [
-        ("home-ab", "trending", 0.5, 1),
-        ("home-ab", "trending", 0.5, 2),
-    ]
-    plain = impression_records("u", "home", "trending", "r1", ["a"], KEY, 5)
-    assert "arm" not in orjson.loads(plain[0][1])
+    _, payload = impression_record("p", "u", "home", "trending", "r1", ["a", "b"], 5, arm)
+    event = orjson.loads(payload)
+    assert (event["experiment"], event["arm"], event["propensity"]) == ("home-ab", "trending", 0.5)
+    assert event["item_ids"] == ["a", "b"]
+    _, plain = impression_record("p", "u", "home", "trending", "r1", ["a"], 5)
+    assert "arm" not in orjson.loads(plain)
 
 
 def test_experiment_fields_are_parsed_and_type_checked_like_the_other_optional_ones() -> None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from online_models.attribution import RECORD, ImpressionLog, attribute, key_of, record_impression
+from online_models.attribution import (
+    RECORD,
+    ImpressionLog,
+    attribute,
+    key_of,
+    record_impression,
+    record_impressions,
+)
 
 EXP = key_of("exp", 4)
 HOUR = 3_600_000
@@ -72,3 +79,19 @@ def test_a_hash_found_inside_another_field_is_skipped() -> None:
     log = record_impression(log, key_of("x"), same_bytes, EXP, 0, 10)
     assert log.rfind(item.to_bytes(8, "little")) == RECORD.size + 8
     assert _credit(log, "target", "click", 2000) == 1
+
+
+def test_a_served_list_is_one_append_with_an_impression_per_item() -> None:
+    log = _shown(("old", 500, 1))
+    log = record_impressions(log, [key_of(i) for i in ("a", "b", "c")], 1000, EXP, 0, 100)
+    assert len(log) == 4 * RECORD.size
+    assert [_credit(log, item, "click", 2000) for item in ("a", "c", "old")] == [0, 0, 1]
+    assert _credit(log, "d", "click", 2000) is None  # not in the list
+
+
+def test_a_long_list_keeps_only_the_newest_entries() -> None:
+    log = _shown(("old", 500, 1), max_entries=3)
+    log = record_impressions(log, [key_of(i) for i in ("a", "b", "c")], 1000, EXP, 0, 3)
+    assert len(log) == 3 * RECORD.size
+    assert _credit(log, "old", "click", 2000) is None  # pushed out by the list
+    assert _credit(log, "a", "click", 2000) == 0

@@ -7,9 +7,9 @@ import time
 import orjson
 import pytest
 
-from flywheel.events import REJECT_REASONS, pseudonymise
+from flywheel.events import REJECT_REASONS, Event, check_event, pseudonymise
 from flywheel.settings import load_settings
-from serving.ingest import MAX_BATCH, BadBatch, forget_record, impression_records, parse_batch
+from serving.ingest import MAX_BATCH, BadBatch, forget_record, impression_record, parse_batch
 
 SETTINGS = load_settings(hmac_key="test-key-123")
 NOW = int(time.time() * 1000)
@@ -37,6 +37,7 @@ BAD_EVENTS = {
     "wrong_type": _event(ts="yesterday"),
     "unknown_action": _event(action="teleport"),
     "bad_timestamp": _event(ts=42),
+    "bad_item_list": _event(action="impression", item_id=None, item_ids=[]),
 }
 
 
@@ -79,19 +80,58 @@ def test_forget_is_refused_from_clients() -> None:
     assert isinstance(bad, BadBatch) and "DELETE /v1/users" in bad.detail
 
 
-def test_impressions_and_tombstone_pass_the_jobs_validation() -> None:
-    records = impression_records("bob", "cart", "online_mf", "r9", ["a", "b"], "k" * 8, NOW)
-    records.append(forget_record("bob", "f-1", "k" * 8, NOW))
-    parsed = parse_batch(orjson.dumps([orjson.loads(p) for _, p in records[:2]]), SETTINGS, NOW)
+def test_a_served_list_is_one_impression_event_that_passes_the_jobs_validation() -> None:
+    user = pseudonymise("bob", "k" * 8)
+    key, payload = impression_record(user, "bob", "cart", "online_mf", "r9", ["a", "b"], NOW)
+    assert key == user.encode()
+    event = orjson.loads(payload)
+    assert event == {
+        "event_id": "r9",
+        "user_id": "bob",
+        "item_ids": ["a", "b"],
+        "action": "impression",
+        "ts": NOW,
+        "scene": "cart",
+        "request_id": "r9",
+        "strategy": "online_mf",
+    }
+    parsed = parse_batch(payload, SETTINGS, NOW)
+    assert isinstance(parsed, list) and [p for _, p in parsed] == [payload]
+
+
+def test_clients_may_post_list_impressions_too() -> None:
+    shown = _event(action="impression", item_id=None, item_ids=["a", 7], event_id="r1")
+    parsed = parse_batch(orjson.dumps([_event(), shown]), SETTINGS, NOW)
     assert isinstance(parsed, list) and len(parsed) == 2
-    events = [orjson.loads(payload) for _, payload in records]
-    assert [e["position"] for e in events[:2]] == [1, 2]
-    assert {e["request_id"] for e in events[:2]} == {"r9"}
-    assert events[2] == {
+    assert orjson.loads(parsed[1][1])["item_ids"] == ["a", 7]  # produced as posted
+
+
+@pytest.mark.parametrize(
+    ("item_ids", "reason", "field"),
+    [
+        ([], "bad_item_list", "item_ids must hold 1..100"),
+        ([f"i{k}" for k in range(101)], "bad_item_list", "item_ids must hold 1..100"),
+        ("a", "wrong_type", "item_ids must be an array"),
+        (["a", 3.5], "wrong_type", "item_ids[1] "),
+    ],
+)
+def test_a_bad_list_refuses_the_batch_naming_the_field(
+    item_ids: object, reason: str, field: str
+) -> None:
+    shown = _event(action="impression", item_id=None, item_ids=item_ids)
+    bad = parse_batch(orjson.dumps([_event(), shown]), SETTINGS, NOW)
+    assert isinstance(bad, BadBatch) and (bad.index, bad.reason) == (1, reason)
+    assert bad.message.startswith(f"event 1: {reason}: {field}")
+
+
+def test_the_tombstone_passes_the_jobs_validation() -> None:
+    key, payload = forget_record("bob", "f-1", "k" * 8, NOW)
+    assert orjson.loads(payload) == {
         "event_id": "f-1",
         "user_id": "bob",
         "item_id": "-",
         "action": "forget",
         "ts": NOW,
     }
-    assert {key for key, _ in records} == {pseudonymise("bob", "k" * 8).encode()}
+    assert key == pseudonymise("bob", "k" * 8).encode()
+    assert isinstance(check_event(payload, SETTINGS, NOW), Event)

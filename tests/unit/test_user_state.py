@@ -89,3 +89,15 @@ def test_impressions_are_counted_but_not_remembered_as_choices() -> None:
     assert features.recent == ["clicked"]
     assert features.categories == {"tea": 1}
     assert features.totals == {"impression": 1, "click": 1}
+
+
+def test_a_list_impression_counts_one_impression_per_item_shown() -> None:
+    features = new_features(load_settings())
+    features.add("first", "impression", 1_700_000_000_000, "", count=10)
+    features.add("one", "impression", 1_700_000_000_001)
+    assert features.totals == {"impression": 11}
+    assert {w: c.get("impression") for w, c in features.window_counts().items()} == {
+        3600: 11,
+        86400: 11,
+    }
+    assert features.recent == []
