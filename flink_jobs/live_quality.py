@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from flink_jobs.user_state import UserState
 from flywheel.settings import Settings
 from monitoring.metrics import JobMetrics
-from online_models.evaluation import DEFAULT_SCORE_ACTIONS
+from online_models.evaluation import DEFAULT_SCORE_ACTIONS, SPLITS
 from online_models.features import UserFeatures
 from online_models.live_quality import STRATEGIES, CoverageWindow, LiveQuality
 
@@ -70,6 +70,16 @@ class JobQuality:
         weights = settings.action_weights
         self.actions = frozenset(a for a in DEFAULT_SCORE_ACTIONS if weights.get(a, 0) > 0)
         metrics.init_quality(self.k)
+        k = str(self.k)
+        self._series = {  # label lookups done once: an export only adds to these children
+            (strategy, split): (
+                metrics.quality_evaluated.labels(strategy, split),
+                metrics.quality_hits.labels(strategy, split, k),
+                metrics.quality_ndcg_sum.labels(strategy, split, k),
+            )
+            for strategy in STRATEGIES
+            for split in SPLITS
+        }
 
     def test(self, user: str, item: str, action: str, state: UserState) -> None:
         """Test one accepted event against the lists served so far; ``state`` is the user's
@@ -94,13 +104,14 @@ class JobQuality:
 
     def export(self, n_items: int, now_s: float) -> None:
         """Add the counts since the last export to the counters; set the coverage gauges."""
-        m, k = self.metrics, str(self.k)
+        m = self.metrics
         tallies, unscored = self.live.drain()
-        for (strategy, split), tally in tallies.items():
+        for key, tally in tallies.items():
             if tally.n:
-                m.quality_evaluated.labels(strategy, split).inc(tally.n)
-                m.quality_hits.labels(strategy, split, k).inc(tally.hits)
-                m.quality_ndcg_sum.labels(strategy, split, k).inc(tally.dcg)
+                evaluated, hits, ndcg_sum = self._series[key]
+                evaluated.inc(tally.n)
+                hits.inc(tally.hits)
+                ndcg_sum.inc(tally.dcg)
         for strategy, n in unscored.items():
             if n:
                 m.quality_not_evaluated.labels(strategy).inc(n)

@@ -169,11 +169,14 @@ class LiveQuality:
         """Score one event of ``user`` on ``item`` against the lists served so far; ``prior``
         holds the items the user interacted with before (``None``: no earlier event)."""
         split = split_of(item, prior)
-        for strategy, top in ((PERSONAL, self.lists.get(user)), (POPULARITY, self._trending)):
-            if not top:  # never written, evicted, or empty: nothing was served to test
-                self._unscored[strategy] += 1
-            else:
-                self._tallies[(strategy, split)].add(rank_in(item, top, self.k))
+        self._score(PERSONAL, split, item, self.lists.get(user))
+        self._score(POPULARITY, split, item, self._trending)
+
+    def _score(self, strategy: str, split: str, item: str, top: tuple[str, ...] | None) -> None:
+        if top:
+            self._tallies[(strategy, split)].add(rank_in(item, top, self.k))
+        else:  # never written, evicted, or empty: nothing was served to test
+            self._unscored[strategy] += 1
 
     def drain(self) -> tuple[dict[tuple[str, str], Tally], dict[str, int]]:
         """The tallies per ``(strategy, split)`` and the unscored events per strategy since
