@@ -9,6 +9,12 @@ Keys (``prefix`` is ``settings.redis_prefix``, ``user`` is always the HMAC pseud
 - ``{prefix}:features:{user}`` -> JSON of that user's windowed features (written by the job;
   an opaque dict here).
 - ``{prefix}:trending`` -> JSON list ``[[item_id, score], ...]``.
+- ``{prefix}:trending:category:{category}`` -> the same for the items of one category (items
+  carry the category of their latest event that named one), rewritten every
+  ``settings.category_trending_s`` when it changed, deleted when the category has no item left
+  in the trending window.
+- ``{prefix}:item_categories`` -> a hash, item id -> category, for every item the job has seen
+  with a category (per-category diversity caps read it).
 - ``{prefix}:rec:product:{item}`` -> the item's neighbour list, JSON ``{"v":1,"item":<item id>,
   "scene":"product","strategy":"cooccurrence","event_ts":ms,"written_ts":ms,
   "items":[[item_id, score], ...]}`` (see :mod:`online_models.neighbours`), one SET with the
@@ -32,18 +38,22 @@ from flywheel.events import pseudonymise
 from flywheel.settings import Settings
 
 __all__ = [
+    "ITEM_CATEGORIES_SUFFIX",
     "SCENES",
     "TRENDING_SUFFIX",
     "ItemList",
     "ListReader",
     "ListWriter",
     "RecList",
+    "category_trending_key",
+    "category_trending_suffix",
     "decode_item_list",
     "decode_rec_list",
     "encode_item_list",
     "encode_rec_list",
     "features_key",
     "features_suffix",
+    "item_categories_key",
     "item_list_key",
     "item_list_suffix",
     "rec_key",
@@ -55,6 +65,7 @@ FORMAT_VERSION = 1
 SCENES: tuple[str, ...] = ("home", "cart", "product")
 """Scenes a list may be stored for (deleting a user removes all of them)."""
 TRENDING_SUFFIX = "trending"
+ITEM_CATEGORIES_SUFFIX = "item_categories"
 
 
 def rec_suffix(scene: str, user: str) -> str:
@@ -88,6 +99,25 @@ def features_key(prefix: str, user: str) -> str:
 def trending_key(prefix: str) -> str:
     """Full key of the trending list: ``{prefix}:trending``."""
     return f"{prefix}:{TRENDING_SUFFIX}"
+
+
+def category_trending_suffix(category: str) -> str:
+    """Key of one category's trending list, without the prefix.
+
+    >>> category_trending_suffix("dairy")
+    'trending:category:dairy'
+    """
+    return f"{TRENDING_SUFFIX}:category:{category}"
+
+
+def category_trending_key(prefix: str, category: str) -> str:
+    """Full key of one category's trending list: ``{prefix}:trending:category:{category}``."""
+    return f"{prefix}:{category_trending_suffix(category)}"
+
+
+def item_categories_key(prefix: str) -> str:
+    """Full key of the item -> category hash: ``{prefix}:item_categories``."""
+    return f"{prefix}:{ITEM_CATEGORIES_SUFFIX}"
 
 
 def item_list_suffix(item: str) -> str:

@@ -34,11 +34,14 @@ from online_models.item_table import CatalogueFull, ItemTable
 __all__ = ["DeltaBatch", "ItemReplica", "decode_batch", "encode_batch"]
 
 _HEADER = struct.Struct("<HIHI")  # origin subtask, deltas, factors, id bytes
+_CATEGORIES = struct.Struct("<I")  # bytes of the joined categories (format 2 only)
+_FORMAT_2 = "~"  # marks batches that carry categories; "~" is outside the base64 alphabet
 
 
 @dataclass(frozen=True, slots=True)
 class DeltaBatch:
-    """Deltas published by one subtask, with the positives' weights and times for trending."""
+    """Deltas published by one subtask, with the positives' weights, times and categories for
+    trending."""
 
     origin: int
     items: list[str]
@@ -46,11 +49,20 @@ class DeltaBatch:
     bias: np.ndarray  # m float32
     weights: np.ndarray  # m float32: the positive's weight, 0 for sampled negatives
     ts: np.ndarray  # m int64: event time of the positive, 0 for negatives
+    categories: list[str] | None = None  # m: the positive's category, "" if none / negatives
+
+    def category(self, i: int) -> str | None:
+        """The category sent with delta ``i``, ``None`` when there is none."""
+        return (self.categories[i] or None) if self.categories else None
 
 
 def encode_batch(batch: DeltaBatch) -> str:
-    """Compact text form (base64 of a binary record) for a Kafka string record."""
+    """Compact text form (``~`` + base64 of a binary record) for a Kafka string record.
+
+    Batches without a ``~`` mark (written before categories were carried) still decode.
+    """
     ids = "\x1f".join(batch.items).encode()
+    categories = "\x1f".join(batch.categories or [""] * len(batch.items)).encode()
     header = _HEADER.pack(batch.origin, len(batch.items), batch.factors.shape[1], len(ids))
     body = b"".join(
         (
@@ -60,14 +72,17 @@ def encode_batch(batch: DeltaBatch) -> str:
             batch.bias.astype(np.float32).tobytes(),
             batch.weights.astype(np.float32).tobytes(),
             batch.ts.astype(np.int64).tobytes(),
+            _CATEGORIES.pack(len(categories)),
+            categories,
         )
     )
-    return base64.b64encode(body).decode()
+    return _FORMAT_2 + base64.b64encode(body).decode()
 
 
 def decode_batch(text: str) -> DeltaBatch:
     """Inverse of :func:`encode_batch`."""
-    body = base64.b64decode(text)
+    carries_categories = text.startswith(_FORMAT_2)
+    body = base64.b64decode(text[1:] if carries_categories else text)
     origin, m, k, n_ids = _HEADER.unpack_from(body)
     pos = _HEADER.size
     items = body[pos : pos + n_ids].decode().split("\x1f") if m else []
@@ -77,7 +92,13 @@ def decode_batch(text: str) -> DeltaBatch:
     bias = np.frombuffer(body, np.float32, m, pos)
     weights = np.frombuffer(body, np.float32, m, pos + m * 4)
     ts = np.frombuffer(body, np.int64, m, pos + m * 8)
-    return DeltaBatch(origin, items, factors, bias, weights, ts)
+    categories = None
+    if carries_categories and m:
+        pos += m * 16
+        (n_categories,) = _CATEGORIES.unpack_from(body, pos)
+        start = pos + _CATEGORIES.size
+        categories = body[start : start + n_categories].decode().split("\x1f")
+    return DeltaBatch(origin, items, factors, bias, weights, ts, categories)
 
 
 def _rows(table: ItemTable, items: list[str]) -> np.ndarray:
@@ -99,15 +120,16 @@ class ItemReplica:
         self.origin = origin
         self.shared = ItemTable(local.n_factors, local.init_std, local.seed, local.max_items)
         self.pending: dict[str, int] = {}
-        self._out: list[tuple[ItemDeltas, float, int]] = []
+        self._out: list[tuple[ItemDeltas, float, int, str]] = []
         self.refused = 0
         self._out_count = 0
 
-    def record_own(self, deltas: ItemDeltas, weight: float, ts: int) -> None:
-        """Remember deltas the local model has already applied, to publish them later."""
+    def record_own(self, deltas: ItemDeltas, weight: float, ts: int, category: str = "") -> None:
+        """Remember deltas the local model has already applied, to publish them later
+        (``category``: the positive item's category from the event, "" when it had none)."""
         for item in deltas.items:
             self.pending[item] = self.pending.get(item, 0) + 1
-        self._out.append((deltas, weight, ts))
+        self._out.append((deltas, weight, ts, category.replace("\x1f", " ")))
         self._out_count += len(deltas.items)
 
     @property
@@ -122,17 +144,21 @@ class ItemReplica:
         items: list[str] = []
         weights: list[float] = []
         ts: list[int] = []
-        for deltas, weight, event_ts in self._out:
+        categories: list[str] = []
+        for deltas, weight, event_ts, category in self._out:
+            negatives = len(deltas.items) - 1
             items.extend(deltas.items)
-            weights.extend([weight] + [0.0] * (len(deltas.items) - 1))
-            ts.extend([event_ts] + [0] * (len(deltas.items) - 1))
+            weights.extend([weight] + [0.0] * negatives)
+            ts.extend([event_ts] + [0] * negatives)
+            categories.extend([category] + [""] * negatives)
         batch = DeltaBatch(
             self.origin,
             items,
-            np.concatenate([d.factors for d, _, _ in self._out]),
-            np.concatenate([d.bias for d, _, _ in self._out]),
+            np.concatenate([d.factors for d, _, _, _ in self._out]),
+            np.concatenate([d.bias for d, _, _, _ in self._out]),
             np.asarray(weights, np.float32),
             np.asarray(ts, np.int64),
+            categories,
         )
         self._out, self._out_count = [], 0
         return batch

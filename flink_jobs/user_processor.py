@@ -38,6 +38,7 @@ from connectors.redis_lists import (
     rec_suffix,
 )
 from flink_jobs.arm_tracker import ArmTracker
+from flink_jobs.category_lists import CategoryLists
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.live_quality import JobQuality
@@ -90,6 +91,12 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         threadpool_limits(s.blas_threads, "blas")  # process-wide: small products, shared cores
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
+        write_categories = s.category_trending_s > 0 and self.replica.origin == 0  # one writer
+        self.category_lists = (
+            CategoryLists(self.redis, self.writer, s.category_trending_s, s.top_n)
+            if write_categories
+            else None
+        )
         self.metrics = job_metrics()
         serve(s.metrics_port, s.metrics_bind)
         self.quality = JobQuality(s, self.metrics) if s.quality_k else None  # live HR/NDCG@K
@@ -144,7 +151,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             except CatalogueFull:  # features still count it; the model cannot hold the item
                 self.metrics.items_refused.inc()
             else:
-                self.replica.record_own(deltas, weight, ts)
+                self.replica.record_own(deltas, weight, ts, category or "")
                 self.metrics.model_updates.inc()
                 if self.index is not None:
                     self.index.note_positives((self.model.items.index[item],))
@@ -171,14 +178,15 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         changed = self.replica.apply_published(batch)
         if self.replica.refused > refused:
             self.metrics.items_refused.inc(self.replica.refused - refused)
-        for item, weight, ts in zip(batch.items, batch.weights, batch.ts, strict=True):
+        for i, weight in enumerate(batch.weights.tolist()):
             if weight > 0:
-                self.popularity.add(item, float(weight), int(ts))
+                self.popularity.add(batch.items[i], weight, int(batch.ts[i]), batch.category(i))
         if changed:  # one call into the state backend per batch, not one per item
             entries = {item: self.replica.shared_entry(item) for item in changed}
             ctx.get_broadcast_state(ITEMS_DESCRIPTOR).put_all(entries)
         self.metrics.item_sync_batches.labels("received").inc()
         self.metrics.items.set(len(self.model.items))
+        self._current_trending()  # rate-limited: trending lists follow the deltas as they come
         yield from ()
 
     # --- timers: coalesced refreshes ---------------------------------------------------------
@@ -249,6 +257,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             self._trending_at = now
             trending = orjson.dumps(self._trending[: self.settings.top_n])
             self.writer.write_batch([(TRENDING_SUFFIX, trending)])
+            if self.category_lists is not None:
+                self.category_lists.maybe_write(self.popularity, now)
             if self.quality:
                 self.quality.trending(self._trending[: self.settings.top_n], time.time())
         return self._trending

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     coalesce_ms: int = Field(250, ge=10, description="min interval between refreshes of a user")
     cold_user_events: int = Field(3, ge=0, description="users with fewer events get trending")
     trending_window_s: int = Field(86400, ge=60, description="window of trending popularity")
+    category_trending_s: int = Field(
+        10, ge=0, description="seconds between per-category trending writes, 0 = off"
+    )
     item_sync_flush_ms: int = Field(50, ge=1, description="max delay of item-delta batches")
     topn_index: Literal["auto", "exact", "clustered"] = Field(
         "auto", description="top-N retrieval: exact, clustered (approximate), auto by size"

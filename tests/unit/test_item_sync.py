@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 
-from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
+from flink_jobs.item_sync import DeltaBatch, ItemReplica, decode_batch, encode_batch
 from online_models.implicit_mf import ImplicitMF
 
 
@@ -29,6 +31,30 @@ def test_batches_round_trip_through_their_text_form() -> None:
     np.testing.assert_array_equal(decoded.factors, batch.factors)
     np.testing.assert_array_equal(decoded.bias, batch.bias)
     assert decoded.weights[0] == 1.0 and decoded.ts[0] == 1000
+
+
+def test_positives_carry_their_category_and_old_batches_still_decode() -> None:
+    model = _model()
+    replica = ItemReplica(model.items, origin=1)
+    vector = model.new_user_vector("u")
+    replica.record_own(model.update(vector, "milk", 1.0, "e1"), 1.0, 1000, "dairy")
+    replica.record_own(model.update(vector, "soap", 1.0, "e2"), 1.0, 1001)
+    batch = replica.take_batch()
+    assert batch is not None
+    decoded = decode_batch(encode_batch(batch))
+    positives = [i for i, w in enumerate(decoded.weights.tolist()) if w > 0]
+    assert [decoded.category(i) for i in positives] == ["dairy", None]
+    negatives = [i for i, w in enumerate(decoded.weights.tolist()) if w == 0]
+    assert negatives and all(decoded.category(i) is None for i in negatives)
+    # a batch in the earlier format (no "~" mark, no category block) is still read
+    old_text = base64.b64encode(base64.b64decode(encode_batch(batch)[1:])[: -_tail(batch)])
+    old = decode_batch(old_text.decode())
+    assert old.items == batch.items and old.category(positives[0]) is None
+
+
+def _tail(batch: DeltaBatch) -> int:
+    """Bytes the category block adds at the end of a batch's binary record."""
+    return 4 + len("\x1f".join(batch.categories or []).encode())
 
 
 def test_own_echo_does_not_apply_twice_and_shared_catches_up() -> None:
