@@ -18,8 +18,11 @@ item or of the items in the user's cart (:mod:`flink_jobs.item_neighbours`). Per
   ``personal``.
 
 A missing list, a cold user's list (the job stores strategy ``trending`` for them) or a list
-emptied by the exclusions falls back to the global trending list, reason ``trending``; a short
-personal list is padded with trending items (reason ``trending``) up to ``k``. So nobody gets
+emptied by the exclusions falls back to trending; a short personal list is padded with trending
+items up to ``k``. Trending is per category where categories are known
+(:attr:`Snapshot.category_trending`: the trending lists of the shopper's most counted
+categories, or of the viewed product's category, blended by :func:`blend`; reason
+``popular_in_category``), then the global trending list (reason ``trending``). So nobody gets
 an error or an empty list while trending has items. Items the user purchased are removed in
 every scene when ``exclude_purchased`` is set (the job already excludes them when it writes
 the list; the API also catches purchases made after that).
@@ -53,8 +56,11 @@ __all__ = [
     "Scored",
     "Served",
     "Snapshot",
+    "blend",
     "cart_items",
+    "preferred_categories",
     "recommend",
+    "uses_trending",
 ]
 
 SCENES: tuple[str, ...] = ("home", "cart", "product")
@@ -72,6 +78,9 @@ class Snapshot:
     trending: Sequence[tuple[str, float]]
     neighbours: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
     """Neighbour lists by item (the product's, or the cart items'), best first."""
+    category_trending: Sequence[tuple[str, float]] = ()
+    """Trending items of the categories that fit this request (see :func:`blend`), best first;
+    empty when unknown (read only when a list needs trending, see :func:`uses_trending`)."""
 
 
 @dataclass(frozen=True)
@@ -130,15 +139,69 @@ def recommend(
             return served
     wants_personal = request.scene != "product" and request.strategy != "trending"
     personal = _personal(snapshot.personal, excluded) if wants_personal else []
-    trending = [(i, s) for i, s in snapshot.trending if i not in excluded]
-    primary, reason = (personal, "personal") if personal else (trending, "trending")
+    trending, in_category = _trending(snapshot, excluded)
+    primary = personal or trending
     head, diversified = _diversify(primary, request, signals)
-    items = [Scored(item, score, reason) for item, score in head]
+    if personal:
+        items = [Scored(item, score, "personal") for item, score in head]
+    else:
+        items = [Scored(item, score, _trending_reason(item, in_category)) for item, score in head]
     if len(items) < request.k and primary is personal:
         taken = {item for item, _ in head}
         padding = [(i, s) for i, s in trending if i not in taken][: request.k - len(items)]
-        items += [Scored(item, score, "trending") for item, score in padding]
+        items += [Scored(i, s, _trending_reason(i, in_category)) for i, s in padding]
     return Served("online_mf" if personal else "trending", items, diversified)
+
+
+def uses_trending(served: Served) -> bool:
+    """Whether ``served`` holds trending items (so per-category trending could improve it)."""
+    return any(scored.reason == "trending" for scored in served.items)
+
+
+def preferred_categories(features: Mapping[str, Any] | None, n: int = 3) -> list[str]:
+    """The shopper's ``n`` most counted categories, most counted first (ties by name).
+
+    >>> preferred_categories({"categories": {"tea": 2, "soap": 5, "milk": 2}}, 2)
+    ['soap', 'milk']
+    >>> preferred_categories(None)
+    []
+    """
+    counts = (features or {}).get("categories")
+    if not isinstance(counts, dict):
+        return []
+    ranked = [(str(c), n) for c, n in counts.items() if isinstance(n, (int, float)) and n > 0]
+    return [c for c, _ in sorted(ranked, key=lambda cn: (-cn[1], cn[0]))[:n]]
+
+
+def blend(lists: Sequence[Sequence[tuple[str, float]]], n: int) -> Ranked:
+    """At most ``n`` items taken in turn from each of ``lists`` (first list first), no repeats.
+
+    >>> blend([[("a", 3.0), ("b", 2.0)], [("c", 9.0), ("a", 1.0)]], 3)
+    [('a', 3.0), ('c', 9.0), ('b', 2.0)]
+    """
+    out: Ranked = []
+    seen: set[str] = set()
+    for row in zip_longest(*lists):
+        for entry in row:
+            if entry is not None and entry[0] not in seen:
+                seen.add(entry[0])
+                out.append(entry)
+                if len(out) >= n:
+                    return out
+    return out
+
+
+def _trending(snapshot: Snapshot, excluded: set[str]) -> tuple[Ranked, set[str]]:
+    """Category trending then global trending, minus ``excluded`` and repeats; and the items
+    that came from the category lists."""
+    in_category = {i for i, _ in snapshot.category_trending if i not in excluded}
+    ranked = [(i, s) for i, s in snapshot.category_trending if i in in_category]
+    ranked += [(i, s) for i, s in snapshot.trending if i not in excluded and i not in in_category]
+    return ranked, in_category
+
+
+def _trending_reason(item: str, in_category: set[str]) -> str:
+    return "popular_in_category" if item in in_category else "trending"
 
 
 def _from_neighbours(snapshot: Snapshot, request: RecRequest, excluded: set[str]) -> Served | None:
@@ -157,9 +220,10 @@ def _from_neighbours(snapshot: Snapshot, request: RecRequest, excluded: set[str]
         head = _interleave(head, [Scored(i, s, "personal") for i, s in personal])
     items = head[: request.k]
     if len(items) < request.k:
-        taken = {s.item_id for s in items} | excluded
-        padding = [(i, s) for i, s in snapshot.trending if i not in taken]
-        items += [Scored(i, s, "trending") for i, s in padding[: request.k - len(items)]]
+        taken = {s.item_id for s in items}
+        trending, in_category = _trending(snapshot, excluded)
+        padding = [(i, s) for i, s in trending if i not in taken][: request.k - len(items)]
+        items += [Scored(i, s, _trending_reason(i, in_category)) for i, s in padding]
     return Served("cooccurrence", items)
 
 

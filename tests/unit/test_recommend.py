@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from connectors.redis_lists import RecList
-from serving.recommend import ItemSignals, RecRequest, Snapshot, recommend
+from serving.recommend import (
+    ItemSignals,
+    RecRequest,
+    Snapshot,
+    blend,
+    preferred_categories,
+    recommend,
+    uses_trending,
+)
 
 TRENDING = [("t1", 90.0), ("t2", 80.0), ("p1", 70.0), ("t3", 60.0), ("t4", 50.0)]
 
@@ -127,3 +135,41 @@ def test_mmr_when_vectors_are_known() -> None:
     signals = ItemSignals(vectors=vectors, categories=CATEGORIES)
     served = recommend(_snapshot(PERSONAL), RecRequest("home", 2, diversity=0.8), signals)
     assert served.diversified and [s.item_id for s in served.items] == ["a1", "b1"]
+
+
+def test_cold_users_get_their_categories_trending_first() -> None:
+    features = {"purchased": ["c2"], "categories": {"tea": 1}}
+    snapshot = Snapshot(None, features, TRENDING, category_trending=[("c1", 5.0), ("c2", 4.0),
+                                                                     ("t1", 3.0)])  # fmt: skip
+    served = recommend(snapshot, RecRequest("home", 4))
+    assert served.strategy == "trending"
+    assert [(s.item_id, s.reason) for s in served.items] == [
+        ("c1", "popular_in_category"),  # c2 was purchased: excluded here too
+        ("t1", "popular_in_category"),  # in both lists: served once, from its category
+        ("t2", "trending"),
+        ("p1", "trending"),
+    ]
+
+
+def test_short_personal_and_product_lists_are_padded_from_category_trending() -> None:
+    snapshot = Snapshot(_personal("p1"), None, TRENDING, category_trending=[("c1", 5.0)])
+    assert _ids(snapshot, RecRequest("home", 3)) == [
+        ("p1", "personal"),
+        ("c1", "popular_in_category"),
+        ("t1", "trending"),
+    ]
+    product = Snapshot(None, None, TRENDING, category_trending=[("sku", 9.0), ("c1", 5.0)])
+    assert _ids(product, RecRequest("product", 2, item_id="sku")) == [
+        ("c1", "popular_in_category"),  # the viewed item itself is never served
+        ("t1", "trending"),
+    ]
+
+
+def test_preferred_categories_and_blend() -> None:
+    features = {"categories": {"tea": 3, "soap": 3, "milk": 1, "bad": "x"}}
+    assert preferred_categories(features, 2) == ["soap", "tea"]
+    assert preferred_categories({"categories": []}) == []
+    lists = [[("a", 1.0), ("b", 0.5)], [], [("a", 2.0), ("c", 1.0)]]
+    assert blend(lists, 10) == [("a", 1.0), ("b", 0.5), ("c", 1.0)]
+    assert uses_trending(recommend(_snapshot(), RecRequest("home", 1)))
+    assert not uses_trending(recommend(_snapshot(_personal("p1")), RecRequest("home", 1)))
