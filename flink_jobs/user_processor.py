@@ -15,7 +15,9 @@ coalescing interval). In memory only, rebuilt after a restore: the local item ta
 clustered top-N index (:mod:`online_models.candidates`), decoded states of recently active
 users (:mod:`flink_jobs.state_cache`, a cache over the Flink state), the refresh queue and
 the windowed trending counts (trending restarts empty after a restore and refills from new
-events).
+events), and the lists last written per user for the live quality test
+(:mod:`flink_jobs.live_quality`, at most ``quality_users_max`` users; after a restore a user's
+events count as not evaluated until the list is rewritten).
 """
 
 from __future__ import annotations
