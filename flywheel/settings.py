@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # --- recommendation API --------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="address the recommendation API binds")
     api_port: int = Field(8000, ge=1, le=65535, description="port of the recommendation API")
+    api_workers: int = Field(
+        1, ge=1, le=32, description="API worker processes (uvicorn workers on the same port)"
+    )
     diversity_lambda: float = Field(
         0.0, ge=0, le=1, description="default diversity of served lists, 0 = relevance order"
     )

@@ -7,9 +7,9 @@ Endpoints (OpenAPI docs at ``/docs``):
   ``impression`` event carrying its items in order (``item_ids``) to the events topic
   (fire-and-forget, losses counted). When ``FLYWHEEL_EXPERIMENT`` runs on the scene, an arm is
   chosen per request (:mod:`serving.assignment`), serves its strategy, and is named in the
-  response and on the impression (``experiment``, ``arm``, ``propensity``). The response is
-  encoded with orjson straight from the served list (the :class:`Recommendations` model
-  documents it; it is not re-validated per request).
+  response and on the impression (``experiment``, ``arm``, ``propensity``). Served by
+  :mod:`serving.recommendations`: plainly valid requests by its ASGI fast path, the others
+  by the FastAPI route, which validates and documents the parameters.
 - ``POST /v1/events``: one event or an array of at most 1000, validated with the job's rules
   (:func:`serving.ingest.parse_batch`); all are produced, or none (400/422 naming the event
   index and field). 202 once the broker acknowledged them.
@@ -23,50 +23,54 @@ Endpoints (OpenAPI docs at ``/docs``):
 
 Bad input is a 4xx naming the field, never a 5xx; an unreachable Redis or Kafka is a 503.
 Clients (a Redis pool, a Kafka producer created on first use) are opened and closed by the
-app's lifespan; one app serves one event loop.
+app's lifespan; one app serves one event loop. :func:`serve` runs ``FLYWHEEL_API_WORKERS``
+uvicorn worker processes (each its own app and clients; their metrics are merged through
+``prometheus_client``'s multiprocess mode).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
+import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flywheel.events import MAX_ID_CHARS, MAX_SHOWN_ITEMS, pseudonymise
-from flywheel.settings import Settings
-from online_models.experiments import Assignment
-from serving.assignment import ArmChooser
+from flywheel.events import MAX_ID_CHARS, pseudonymise
+from flywheel.settings import Settings, load_settings
 from serving.health import REQUIRED, check_all
-from serving.ingest import MAX_BATCH, BadBatch, forget_record, impression_record, parse_batch
+from serving.ingest import MAX_BATCH, BadBatch, forget_record, parse_batch
 from serving.kafka_sink import KafkaSink, SinkError
-from serving.metrics import ApiMetrics, endpoint_of
-from serving.recommend import RecRequest, Served, recommend
+from serving.metrics import MULTIPROCESS_DIR_ENV, ApiMetrics, endpoint_of
+from serving.recommendations import (
+    MAX_K,
+    PATH,
+    FastRecommendations,
+    ListServer,
+    Recommendations,
+    RecQuery,
+    Scene,
+    unavailable_detail,
+)
 from serving.store import RedisStore
 from serving.web import add_web_page
 
-__all__ = ["MAX_K", "create_app", "serve"]
-
-MAX_K = MAX_SHOWN_ITEMS
-"""Largest ``k`` a request may ask for: a served list fits in one impression event."""
+__all__ = ["MAX_K", "app_from_environment", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
-Scene = Literal["home", "cart", "product"]
 UserId = Annotated[str, Query(min_length=1, max_length=MAX_ID_CHARS, description="raw user id")]
 _EVENTS_BODY: dict[str, Any] = {
     "requestBody": {
@@ -91,31 +95,6 @@ _EVENTS_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-class Item(BaseModel):
-    """One served item."""
-
-    item_id: str
-    score: float
-    reason: str = Field(
-        description="personal (the user's own list), similar (bought or viewed with the "
-        "product), with_cart (with the items in the cart) or trending"
-    )
-
-
-class Recommendations(BaseModel):
-    """A served list; ``request_id`` is also on the list's impression events."""
-
-    user_id: str
-    scene: Scene
-    strategy: str
-    request_id: str
-    diversified: bool
-    items: list[Item]
-    experiment: str | None = Field(None, description="experiment that assigned the request")
-    arm: str | None = Field(None, description="the experiment's arm (a strategy) that served it")
-    propensity: float | None = Field(None, description="probability the arm had of being chosen")
 
 
 class Accepted(BaseModel):
@@ -155,8 +134,14 @@ class _Clients:
         return self.store, self.sink
 
 
-def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> FastAPI:
-    """The API bound to ``settings``; ``metrics`` default to a fresh registry."""
+def create_app(
+    settings: Settings, metrics: ApiMetrics | None = None, *, fast_path: bool = True
+) -> FastAPI:
+    """The API bound to ``settings``; ``metrics`` default to a fresh registry.
+
+    ``fast_path=False`` serves every ``GET /v1/recommendations`` through the FastAPI route
+    (the reference behaviour the fast path is tested against).
+    """
     metrics = metrics or ApiMetrics()
     clients = _Clients()
 
@@ -178,10 +163,13 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> FastAPI
         description="Personal and trending lists from Redis; events and erasure to Kafka.",
         lifespan=lifespan,
     )
+    server = ListServer(settings, clients.get, metrics)
+    if fast_path:  # inside the timing middleware, which is added last (outermost)
+        app.add_middleware(FastRecommendations, server=server)
     app.add_middleware(_Timing, metrics=metrics)
     app.add_exception_handler(RedisError, _unavailable("Redis"))
     app.add_exception_handler(SinkError, _unavailable("Kafka"))
-    _add_recommendations(app, settings, clients, metrics)
+    _add_recommendations(app, server)
     _add_events(app, settings, clients, metrics)
     _add_features(app, settings, clients)
     _add_operations(app, settings, clients, metrics)
@@ -189,36 +177,59 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> FastAPI
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """The app of one worker process: settings from the ``FLYWHEEL_*`` environment, which
+    :func:`serve` exports before it starts the workers."""
+    return create_app(load_settings())
+
+
 def serve(settings: Settings) -> None:
     """Run the API with uvicorn on ``settings.api_host:settings.api_port`` until stopped.
 
-    Uvicorn's access log is off: request lines would put raw user ids in the logs; the
-    ``/metrics`` endpoint counts requests by endpoint and status instead.
+    ``settings.api_workers`` processes accept on the same socket. Uvicorn runs on uvloop with
+    the httptools parser (both pinned dependencies); its access log is off (request lines
+    would put raw user ids in the logs; ``/metrics`` counts requests by endpoint and status
+    instead), and so are proxy-header rewriting and the ``server`` header, which this API
+    does not need.
     """
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        access_log=False,  # its lines carry raw user ids (query strings, /v1/users/{id})
+    options: dict[str, Any] = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # its lines carry raw user ids (query strings, /v1/users/{id})
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    _export(settings)
+    target = f"{__name__}:{app_from_environment.__name__}"
+    uvicorn.run(target, factory=True, workers=settings.api_workers, **options)
+
+
+def _export(settings: Settings) -> None:
+    """Hand ``settings`` to the worker processes (environment variables) and give them an
+    empty directory for the shared metrics (``<var_dir>/api-metrics``)."""
+    from deploy.job_process import settings_env
+
+    os.environ.update(settings_env(settings))
+    metrics_dir = settings.var_dir / "api-metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR_ENV] = str(metrics_dir.resolve())
+
+
+def _add_recommendations(app: FastAPI, server: ListServer) -> None:
+    @app.get(
+        PATH,
+        response_model=Recommendations,
+        responses={503: {"description": "Redis is unavailable"}},
+        tags=["recommendations"],
     )
-
-
-def _add_recommendations(
-    app: FastAPI, settings: Settings, clients: _Clients, metrics: ApiMetrics
-) -> None:
-    experiment = settings.experiment_spec
-    chooser = None
-    if experiment is not None:
-        chooser = ArmChooser(
-            experiment, settings.hmac_key, lambda name: clients.get()[0].arm_counts(name)
-        )
-
-    new_request_id = _request_ids()
-    served_counters = metrics.lists_served_counter
-
-    @app.get("/v1/recommendations", response_model=Recommendations, tags=["recommendations"])
     async def recommendations(
         user_id: UserId,
         scene: Annotated[Scene, Query(description="where the list is shown")] = "home",
@@ -230,53 +241,12 @@ def _add_recommendations(
             float | None, Query(ge=0, le=1, description="0 = relevance order")
         ] = None,
     ) -> Response:
-        """The user's list for ``scene``: personal when the job wrote one, else trending."""
+        """The user's list for ``scene``: personal when the job wrote one, else trending.
+        The served list is logged as one impression event (``event_id`` = ``request_id``)."""
         if scene == "product" and item_id is None:
             raise RequestValidationError([_missing("item_id", "required when scene=product")])
-        store, sink = clients.get()
-        user = pseudonymise(user_id, settings.hmac_key)
-        snapshot = await store.snapshot(user, scene, item_id)
-        arm = await chooser.assign(user, scene) if chooser is not None else None
-        lam = settings.diversity_lambda if diversity is None else diversity
-        strategy = arm.arm if arm is not None else None
-        request = RecRequest(scene, k, item_id, lam, settings.exclude_purchased, strategy)
-        served = recommend(snapshot, request)
-        request_id = new_request_id()
-        if served.items:  # one impression event for the whole list (fire-and-forget)
-            ids = [s.item_id for s in served.items]
-            shown = (user, user_id, scene, served.strategy, request_id, ids, _now_ms(), arm)
-            sink.fire([impression_record(*shown)])
-        served_counters(scene, served.strategy).inc()
-        body = _recommendations_json(user_id, scene, request_id, served, arm)
+        body = await server.list_json(RecQuery(user_id, scene, item_id, k, diversity))
         return Response(body, media_type="application/json")
-
-
-def _recommendations_json(
-    user_id: str, scene: str, request_id: str, served: Served, arm: Assignment | None
-) -> bytes:
-    """The :class:`Recommendations` document of a served list, encoded by orjson (the
-    :class:`~serving.recommend.Scored` dataclasses encode as ``item_id, score, reason``)."""
-    return orjson.dumps(
-        {
-            "user_id": user_id,
-            "scene": scene,
-            "strategy": served.strategy,
-            "request_id": request_id,
-            "diversified": served.diversified,
-            "items": served.items,
-            "experiment": arm.experiment if arm is not None else None,
-            "arm": arm.arm if arm is not None else None,
-            "propensity": arm.propensity if arm is not None else None,
-        }
-    )
-
-
-def _request_ids() -> Callable[[], str]:
-    """A source of request ids: 32 hex characters, a random per-process prefix and a counter
-    (unique across processes and restarts without a system call per request)."""
-    prefix = os.urandom(8).hex()
-    counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-    return lambda: f"{prefix}{next(counter):016x}"
 
 
 def _add_events(app: FastAPI, settings: Settings, clients: _Clients, metrics: ApiMetrics) -> None:
@@ -352,8 +322,8 @@ def _add_operations(
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus_metrics() -> Response:
-        """The API's metrics in the Prometheus text format."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """The API's metrics in the Prometheus text format (all worker processes')."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 class _Timing:
@@ -406,8 +376,7 @@ def _unavailable(service: str) -> Any:
         log.warning(
             "%s %s: %s unavailable: %r", request.method, endpoint_of(request.url.path), service, exc
         )
-        detail = f"{service} unavailable ({type(exc).__name__}); retry later"
-        return JSONResponse({"detail": detail}, status_code=503)
+        return JSONResponse({"detail": unavailable_detail(service, exc)}, status_code=503)
 
     return handler
 

@@ -5,9 +5,16 @@ constructor blocks on bootstrapping. Every producer call therefore runs in one d
 thread (so the records of one call keep their order); acknowledgements come back to the event
 loop through the send futures' callbacks.
 
+Fire-and-forget records (the impressions of served lists) are collected on the event loop and
+handed to the worker thread together every :data:`COALESCE_S` (one thread hand-over for all
+the lists served meanwhile, not one per request); :meth:`KafkaSink.deliver` hands over what is
+collected before its own records, so a process's records reach Kafka in the order they were
+given.
+
 The producer is created on first use, so the API starts and serves lists while Kafka is
 down; after a failed creation it is retried at most every :data:`RETRY_S`. Memory is bounded
-by the producer's own buffer plus at most ``max_backlog`` queued fire-and-forget calls.
+by the producer's own buffer plus at most ``max_backlog`` queued hand-overs (and the records
+of one coalescing interval).
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from kafka import KafkaProducer
 
 from flywheel.settings import Settings
 
-__all__ = ["RETRY_S", "KafkaSink", "SinkError"]
+__all__ = ["COALESCE_S", "RETRY_S", "KafkaSink", "SinkError"]
 
 RETRY_S = 5.0
 """Minimum delay between two attempts to create the producer."""
+COALESCE_S = 0.01
+"""Fire-and-forget records are handed to the worker thread at most this long after the call."""
 
 log = logging.getLogger(__name__)
 Record = tuple[bytes, bytes]
@@ -47,7 +56,7 @@ class KafkaSink:
     timeout_s
         Bound on :meth:`deliver` (waiting for the broker's acknowledgements).
     max_backlog
-        Fire-and-forget calls queued at most; further ones are dropped and reported.
+        Fire-and-forget hand-overs queued at most; further ones are dropped and reported.
     on_dropped
         Called with the number of records dropped or failed by fire-and-forget sends.
     """
@@ -69,6 +78,8 @@ class KafkaSink:
         self._failed_at = -RETRY_S
         self._backlog = 0
         self._lock = threading.Lock()
+        self._collected: list[Record] = []
+        self._hand_over_at: asyncio.TimerHandle | None = None
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """Send ``records`` and wait until the broker acknowledged all of them.
@@ -79,6 +90,7 @@ class KafkaSink:
             If Kafka is unreachable, a record failed or the acknowledgements took too long.
         """
         loop = asyncio.get_running_loop()
+        self._hand_over()  # what was fired before goes first
         try:
             sent = await loop.run_in_executor(self._pool, self._send_all, records)
             acks = [_bridge(loop, future) for future in sent]
@@ -89,20 +101,40 @@ class KafkaSink:
             raise SinkError(f"{type(exc).__name__}: {exc}") from exc
 
     def fire(self, records: Sequence[Record]) -> None:
-        """Send ``records`` in the background; losses are counted, never raised."""
+        """Send ``records`` in the background (call it on the event loop); losses are
+        counted, never raised."""
+        self._collected.extend(records)
+        if self._hand_over_at is None:
+            loop = asyncio.get_running_loop()
+            self._hand_over_at = loop.call_later(COALESCE_S, self._hand_over)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker after the queued sends and flush and close the producer (from
+        any thread, once the event loop fires no more)."""
+        records, self._collected = self._collected, []
+        self._submit(records)
+        self._pool.shutdown(wait=True)
+        if self._producer is not None:
+            self._producer.close(timeout=timeout_s)
+            self._producer = None
+
+    def _hand_over(self) -> None:
+        """Give the collected fire-and-forget records to the worker thread."""
+        if self._hand_over_at is not None:
+            self._hand_over_at.cancel()
+            self._hand_over_at = None
+        records, self._collected = self._collected, []
+        self._submit(records)
+
+    def _submit(self, records: list[Record]) -> None:
+        if not records:
+            return
         with self._lock:
             if self._backlog >= self._max_backlog:
                 self._on_dropped(len(records))
                 return
             self._backlog += 1
         self._pool.submit(self._fire, records)
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the worker after the queued sends and flush and close the producer."""
-        self._pool.shutdown(wait=True)
-        if self._producer is not None:
-            self._producer.close(timeout=timeout_s)
-            self._producer = None
 
     def _fire(self, records: Sequence[Record]) -> None:
         try:

@@ -4,18 +4,26 @@ Each app gets its own :class:`~prometheus_client.CollectorRegistry` (tests build
 in one process). Label values are bounded: endpoints are route templates from
 :data:`ENDPOINTS` (unknown paths are ``other``), statuses are HTTP status codes, scenes and
 strategies come from fixed tuples; never a user or item id. The labelled children are cached
-per label combination (bounded by those sets), so a request costs no label lookup.
+per label combination (bounded by those sets), so a request costs no label lookup. With
+several API worker processes, ``prometheus_client``'s multiprocess mode keeps each process's
+values in a shared directory (one small memory-mapped file per process and metric type) and
+``/metrics`` sums them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 from serving.recommend import SCENES
 
-__all__ = ["ENDPOINTS", "ApiMetrics", "endpoint_of"]
+__all__ = ["ENDPOINTS", "MULTIPROCESS_DIR_ENV", "ApiMetrics", "endpoint_of"]
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (before ``prometheus_client`` is imported) in API worker processes: each process writes
+its values to files there and :meth:`ApiMetrics.exposition` merges them."""
 
 ENDPOINTS: tuple[str, ...] = (
     "/v1/recommendations",
@@ -98,6 +106,15 @@ class ApiMetrics:
             self._by_request[(endpoint, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition: this registry's metrics, or, with several worker processes
+        (:data:`MULTIPROCESS_DIR_ENV` set), the sum over all of them."""
+        if not os.environ.get(MULTIPROCESS_DIR_ENV):
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
 
     def lists_served_counter(self, scene: str, strategy: str) -> Any:
         """The ``lists_served`` child of ``scene`` and ``strategy`` (looked up once)."""

@@ -9,7 +9,9 @@ one ``GET`` reads a user's features alone (the web page). Values the job wrote a
 here; an undecodable value is logged and treated as missing, so a
 bad key degrades one answer to trending, never to an error. The bandit of an experiment reads
 the per-arm counts with one ``HGETALL`` (at most once a second, :mod:`serving.assignment`).
-The client's connection pool is the only state; it is closed by :meth:`RedisStore.close`.
+State: the client's connection pool (closed by :meth:`RedisStore.close`) and the trending list
+last decoded with its bytes (one list, replaced when Redis holds other bytes): every request
+reads trending, but it changes about once a second, so it is decoded once per change.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class RedisStore:
             settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
         self._cart_script = self.client.register_script(_CART_SCRIPT)
+        self._trending_raw: bytes | None = None
+        self._trending: list[tuple[str, float]] = []
 
     async def snapshot(
         self, user: str, scene: str = "home", item_id: str | None = None
@@ -110,9 +114,18 @@ class RedisStore:
         return Snapshot(
             personal=_decode(keys[0], raw_list, decode_rec_list),
             features=_decode(keys[1], raw_features, _json_object),
-            trending=_decode(keys[2], raw_trending, _ranked) or [],
+            trending=self._decoded_trending(keys[2], raw_trending),
             neighbours=neighbours,
         )
+
+    def _decoded_trending(self, key: str, raw: bytes | None) -> list[tuple[str, float]]:
+        """The trending list of ``raw``, decoded only when the bytes changed."""
+        if raw is None:
+            return []
+        if raw != self._trending_raw:
+            self._trending = _decode(key, raw, _ranked) or []
+            self._trending_raw = raw
+        return self._trending
 
     async def features(self, user: str) -> dict[str, Any] | None:
         """The user's windowed features as the job wrote them; ``None`` when there are none."""

@@ -9,7 +9,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -17,6 +19,7 @@ import pytest
 import redis
 import uvicorn
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.redis_lists import (
     ListWriter,
@@ -26,10 +29,12 @@ from connectors.redis_lists import (
     rec_key,
     rec_suffix,
 )
+from deploy.job_process import JobProcess
 from deploy.local_stack import free_port
 from flywheel.events import REJECT_REASONS, pseudonymise
 from flywheel.settings import Settings
 from serving.app import create_app
+from serving.recommendations import fast_query
 from tests.conftest import RunningJob, api_settings
 
 pytestmark = pytest.mark.integration
@@ -38,10 +43,11 @@ TRENDING = [["t1", 9.0], ["t2", 8.0], ["t3", 7.0], ["t4", 6.0]]
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[httpx.Client]:
+def serve(settings: Settings, *, fast_path: bool = True) -> Iterator[httpx.Client]:
     """The app on a free port in a uvicorn thread; a client bound to it."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings, fast_path=fast_path)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -157,6 +163,41 @@ def test_cart_and_product_scenes(
         ("t2", "trending"),
         ("t3", "trending"),
     ]
+
+
+def test_the_fast_path_answers_like_the_fastapi_route(
+    api: httpx.Client, settings: Settings, redis_client: redis.Redis
+) -> None:
+    _write_user(settings, redis_client, "fran", purchased=["p2"], recent=["p1"], cart=["t1"])
+    served: list[dict[str, Any]] = [
+        {"user_id": "fran"},
+        {"user_id": "fran", "k": 2},
+        {"user_id": "fran", "k": 100, "scene": "cart"},
+        {"user_id": "fran", "scene": "product", "item_id": "t2", "k": 3},
+        {"user_id": "fran", "diversity": "0.5", "item_id": "p3"},
+        {"user_id": "zoë & co", "unknown": "x"},
+    ]
+    refused: list[dict[str, Any]] = [
+        {"user_id": "fran", "k": "010"},
+        {"user_id": "fran", "diversity": "1e-1"},
+        {"user_id": "fran", "k": 0},
+        {"user_id": "fran", "scene": "product"},
+        {"user_id": ""},
+    ]
+    assert all(fast_query(urlencode(p).encode()) is not None for p in served)  # fast path
+    assert all(fast_query(urlencode(p).encode()) is None for p in refused)  # the route
+    with serve(settings, fast_path=False) as reference:
+        for params in [*served, *refused, {"user_id": ["a", "b"]}]:
+            fast = api.get("/v1/recommendations", params=params)
+            slow = reference.get("/v1/recommendations", params=params)
+            assert (fast.status_code, fast.headers["content-type"]) == (
+                slow.status_code,
+                slow.headers["content-type"],
+            )
+            fast_body, slow_body = fast.json(), slow.json()
+            if fast.status_code == 200:
+                assert fast_body.pop("request_id") != slow_body.pop("request_id")
+            assert fast_body == slow_body, params
 
 
 @pytest.mark.parametrize(
@@ -312,10 +353,17 @@ def test_healthz_metrics_and_docs(api: httpx.Client) -> None:
 def test_a_down_dependency_is_503_never_500(settings: Settings) -> None:
     dead = f"127.0.0.1:{free_port()}"
     no_redis = settings.with_overrides(redis_url=f"redis://{dead}/0")
-    with serve(no_redis) as client:
+    with serve(no_redis) as client, serve(no_redis, fast_path=False) as route:
         assert client.get("/healthz").status_code == 503
         assert client.get("/healthz").json()["components"]["redis"]["ok"] is False
-        assert client.get("/v1/recommendations", params={"user_id": "u"}).status_code == 503
+        fast = client.get("/v1/recommendations", params={"user_id": "u"})
+        slow = route.get("/v1/recommendations", params={"user_id": "u"})
+        assert fast.status_code == slow.status_code == 503
+        assert (
+            fast.json()
+            == slow.json()
+            == {"detail": "Redis unavailable (ConnectionError); retry later"}
+        )
     no_kafka = settings.with_overrides(kafka_bootstrap=dead)
     with serve(no_kafka) as client:
         assert client.get("/healthz").status_code == 503
@@ -347,3 +395,44 @@ def test_events_posted_to_the_api_become_a_personal_list(running_job: RunningJob
         job_settings = running_job.settings
         key = rec_key(job_settings.redis_prefix, "home", pseudonymise(user, job_settings.hmac_key))
         running_job.wait_for(lambda: running_job.redis.get(key) is None)
+
+
+# --- several worker processes --------------------------------------------------------------------
+def test_worker_processes_share_the_port_and_their_metrics(
+    settings: Settings, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    workers = settings.with_overrides(api_workers=2, api_port=free_port(), var_dir=tmp_path)
+    process = JobProcess(workers, tmp_path / "api.log", ("api",)).start()
+    base = f"http://127.0.0.1:{workers.api_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(base):
+            assert process.running, (tmp_path / "api.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.3)
+        before = _served_lists(base)
+        for i in range(40):  # a new connection each: the workers accept in turn
+            response = httpx.get(f"{base}/v1/recommendations", params={"user_id": f"w{i}"})
+            assert response.status_code == 200 and response.json()["items"]
+        assert _served_lists(base) - before == 40  # whichever worker answers /metrics
+        files = {p.name for p in (tmp_path / "api-metrics").glob("counter_*.db")}
+        assert len(files) >= 2  # values written by more than one process
+    finally:
+        process.stop()
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _served_lists(base: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "flywheel_api_lists_served_total"
+    )
