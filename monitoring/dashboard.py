@@ -2,8 +2,9 @@
 
 ``python -m monitoring.dashboard`` writes ``monitoring/grafana/flywheel-dashboard.json``;
 ``--check`` exits 1 when that committed file differs from what this module generates.
-Panels show only metrics the job exports today: Flywheel's own (``flywheel_job_*``, scrape job
-``flywheel``) and Flink's Prometheus reporter (``flink_*``, scrape job ``flink``). Every
+Panels show only metrics the job and the API export today: Flywheel's own (``flywheel_job_*``
+and the job's ``process_*``, scrape job ``flywheel``), Flink's Prometheus reporter (``flink_*``,
+scrape job ``flink``) and the recommendation API's (``flywheel_api_*``, any scrape job). Every
 panel queries the data source chosen by the dashboard variable ``datasource`` (Grafana's
 provisioning in ``monitoring/grafana/provisioning`` makes it the Prometheus of the stack).
 """
@@ -292,6 +293,55 @@ def _item_lists() -> list[Panel]:
     ]
 
 
+_API_TRAFFIC = 'endpoint!="/metrics"'  # Prometheus's own scrapes are not traffic
+
+
+def _api_error_ratio(status: str) -> str:
+    """Share of the API's requests (scrapes of ``/metrics`` left out) answered ``status``:
+    0, not "no data", while there is traffic but no such answer."""
+    errors = f'flywheel_api_requests_total{{{_API_TRAFFIC},status=~"{status}"}}'
+    total = f"flywheel_api_requests_total{{{_API_TRAFFIC}}}"
+    return f"({_rate(errors)} or vector(0)) / {_rate(total)}"
+
+
+def _api() -> list[Panel]:
+    """The recommendation API: traffic, latency and errors by route (``endpoint`` label)."""
+    latency = 'flywheel_api_request_seconds_bucket{endpoint=~"/v1/.*"}'
+    return [
+        _row("Recommendation API"),
+        _timeseries(
+            "API requests/s by route and status",
+            "HTTP requests answered by the API (all worker processes), by route template and "
+            "status code.",
+            "reqps",
+            (_rate("flywheel_api_requests_total", "endpoint, status"), "{{endpoint}} {{status}}"),
+        ),
+        _timeseries(
+            "API latency by route",
+            "Time from request to response inside the API, p50 and p99 per /v1 route (all "
+            "statuses).",
+            "s",
+            (
+                f"histogram_quantile(0.5, sum by (endpoint, le) (rate({latency}[{_RATE}])))",
+                "p50 {{endpoint}}",
+            ),
+            (
+                f"histogram_quantile(0.99, sum by (endpoint, le) (rate({latency}[{_RATE}])))",
+                "p99 {{endpoint}}",
+            ),
+        ),
+        _timeseries(
+            "API error ratio",
+            "Share of requests answered 5xx (the API failed: alert FlywheelApiErrorRatioHigh "
+            "above 5%) and 4xx (refused input: bad queries, bad events, unknown users); "
+            "scrapes of /metrics left out.",
+            "percentunit",
+            (_api_error_ratio("5.."), "5xx"),
+            (_api_error_ratio("4.."), "4xx"),
+        ),
+    ]
+
+
 def _flink() -> list[Panel]:
     return [
         _row("Flink"),
@@ -346,6 +396,19 @@ def _flink() -> list[Panel]:
             ("sum by (tm_id) (flink_taskmanager_Status_JVM_Memory_Heap_Max)", "TM {{tm_id}} max"),
             ("max(flink_jobmanager_Status_JVM_Memory_Heap_Used)", "JM used"),
         ),
+        _timeseries(
+            "Python worker memory (RSS)",
+            "Resident memory of the process running the job's Python operators, per metrics "
+            "endpoint. In thread mode (the default) that is the whole TaskManager JVM, which "
+            "embeds the interpreter: JVM heap (panel JVM heap) + Python objects (item table "
+            "replicas, caches) + JVM native memory; in process mode it is the Python worker. "
+            "Sizing: docs/operations.md.",
+            "bytes",
+            (
+                'sum by (instance) (process_resident_memory_bytes{job="flywheel"})',
+                "{{instance}}",
+            ),
+        ),
     ]
 
 
@@ -386,7 +449,7 @@ def build_dashboard() -> dict[str, Any]:
     return {
         "uid": DASHBOARD_UID,
         "title": "Flywheel",
-        "description": "Real-time recommendations: events, freshness, model, Kafka and Flink.",
+        "description": "Real-time recommendations: events, freshness, model, API, Kafka and Flink.",
         "tags": ["flywheel", "flink", "kafka"],
         "timezone": "browser",
         "editable": True,
@@ -405,6 +468,7 @@ def build_dashboard() -> dict[str, Any]:
                 *_quality(),
                 *_item_lists(),
                 *_experiments(),
+                *_api(),
                 *_flink(),
             ]
         ),

@@ -7,7 +7,9 @@ and dead-letter reasons come from fixed tuples and are pre-initialised, never id
 counters are labelled with the configured experiment's name and arms only (the job ignores
 impressions naming any other), pre-initialised by :meth:`JobMetrics.init_experiment`; the live
 quality series are labelled with fixed strategies and splits and the configured K, created by
-:meth:`JobMetrics.init_quality`.
+:meth:`JobMetrics.init_quality`. The registry also carries ``prometheus_client``'s process
+collector (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ...) of the process
+that runs the Python operators: the dashboard's worker-memory panel and the sizing guide read it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     start_http_server,
 )
@@ -197,6 +200,10 @@ class JobMetrics:
 disable_created_metrics()
 _lock = threading.Lock()
 _registry = CollectorRegistry()
+# process_resident_memory_bytes, process_cpu_seconds_total, ... of the process running the
+# Python operators: in thread mode the TaskManager JVM that embeds the interpreter, in process
+# mode the Python worker (Linux only: read from /proc; elsewhere the collector yields nothing)
+ProcessCollector(registry=_registry)
 _metrics: JobMetrics | None = None
 _server: Any = None
 _users = 0
