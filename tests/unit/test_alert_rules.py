@@ -71,6 +71,7 @@ def test_the_expected_alerts_exist() -> None:
         "FlywheelKafkaLagGrowing",
         "FlywheelCheckpointFailures",
         "FlywheelQualityDrop",
+        "FlywheelApiErrorRatioHigh",
     }
 
 
