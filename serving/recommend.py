@@ -30,8 +30,9 @@ the list; the API also catches purchases made after that).
 Diversity (``diversity`` in [0, 1], see :mod:`online_models.diversity`) re-ranks the primary
 source (personal list, or trending) with MMR when item vectors are known for every candidate,
 else with a per-category cap when item categories are known; otherwise the list is served in
-relevance order and :attr:`Served.diversified` is ``False``. Redis holds neither item vectors
-nor item categories today, so the API passes no :class:`ItemSignals` and never diversifies.
+relevance order and :attr:`Served.diversified` is ``False``. The API passes the categories the
+job filed in Redis (``{prefix}:item_categories``), so it caps items per category; Redis holds
+no item vectors, so MMR serves callers that pass vectors (offline evaluation).
 
 An experiment's arm (:attr:`RecRequest.strategy`, see :mod:`serving.assignment`) can force the
 ``trending`` strategy on a user who has a personal (or neighbour) list.

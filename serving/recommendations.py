@@ -1,7 +1,9 @@
 """``GET /v1/recommendations``: the list server and its ASGI fast path.
 
 :class:`ListServer` turns one validated query into the response body: one Redis round trip
-(:meth:`serving.store.RedisStore.snapshot`), the experiment's arm (:mod:`serving.assignment`),
+(:meth:`serving.store.RedisStore.snapshot`; a second one only for a list that needs trending,
+to read per-category trending, and, with diversity above 0, one for the categories of items not
+yet cached), the experiment's arm (:mod:`serving.assignment`),
 the ranking rules (:mod:`serving.recommend`), one impression event for the served list
 (:func:`serving.ingest.impression_record`, fire-and-forget) and the JSON document of
 :class:`Recommendations`, encoded by orjson straight from the served list.
@@ -26,7 +28,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import parse_qsl
 
@@ -42,7 +44,17 @@ from serving.assignment import ArmChooser
 from serving.ingest import impression_record
 from serving.kafka_sink import KafkaSink
 from serving.metrics import ApiMetrics
-from serving.recommend import SCENES, RecRequest, Served, recommend
+from serving.recommend import (
+    SCENES,
+    ItemSignals,
+    RecRequest,
+    Served,
+    Snapshot,
+    blend,
+    preferred_categories,
+    recommend,
+    uses_trending,
+)
 from serving.store import RedisStore
 
 __all__ = [
@@ -166,6 +178,13 @@ class ListServer:
         scene, k, item_id = query.scene, query.k, query.item_id
         request = RecRequest(scene, k, item_id, lam, s.exclude_purchased, strategy)
         served = recommend(snapshot, request)
+        if s.category_trending_s and uses_trending(served):  # a 2nd round trip, cold lists only
+            snapshot = await _with_category_trending(store, snapshot, query, s.top_n)
+            if snapshot.category_trending:
+                served = recommend(snapshot, request)
+        if lam > 0 and len(served.items) > 1:  # per-category caps need the items' categories
+            categories = await store.categories.of(_candidates(snapshot))
+            served = recommend(snapshot, request, ItemSignals(categories=categories))
         request_id = self._next_id()
         if served.items:  # one impression event for the whole list (fire-and-forget)
             ids = [s.item_id for s in served.items]
@@ -181,6 +200,27 @@ class ListServer:
         except RedisError as exc:
             log.warning("GET %s: Redis unavailable: %r", PATH, exc)
             return 503, orjson.dumps({"detail": unavailable_detail("Redis", exc)})
+
+
+async def _with_category_trending(
+    store: RedisStore, snapshot: Snapshot, query: RecQuery, n: int
+) -> Snapshot:
+    """``snapshot`` with the trending of the viewed product's category (product scene) or of
+    the shopper's most counted categories (other scenes), when Redis has any."""
+    if query.scene == "product" and query.item_id:
+        lists = [await store.product_category_trending(query.item_id)]
+    else:
+        lists = await store.category_trending(preferred_categories(snapshot.features))
+    blended = blend(lists, n)
+    return replace(snapshot, category_trending=blended) if blended else snapshot
+
+
+def _candidates(snapshot: Snapshot) -> list[str]:
+    """Every item a list may be built from (diversity needs their categories)."""
+    personal = snapshot.personal.items if snapshot.personal is not None else []
+    ranked = [*personal, *snapshot.category_trending, *snapshot.trending]
+    ranked += [entry for similar in snapshot.neighbours.values() for entry in similar]
+    return [item for item, _ in ranked]
 
 
 class FastRecommendations:

@@ -5,18 +5,25 @@ the trending list and the neighbour lists the scene needs: an ``MGET`` (home; pr
 item's list), or for the cart scene a Lua script that reads the same keys, takes the cart from
 the features and reads the neighbour lists of its newest :data:`CART_LISTS_MAX` items
 (``EVALSHA``; the script computes key names, so it needs a single Redis, not Redis Cluster);
-one ``GET`` reads a user's features alone (the web page). Values the job wrote are decoded
+one ``GET`` reads a user's features alone (the web page). Only when a list needs trending
+(a cold shopper, a product without neighbours) a second round trip reads per-category
+trending: an ``MGET`` of the shopper's categories' lists, or for a product a Lua script that
+looks its category up in the item-category hash and reads that category's list. Diversity by
+category reads the categories of a list's items with ``HMGET`` through
+:class:`CategoryCache`. Values the job wrote are decoded
 here; an undecodable value is logged and treated as missing, so a
 bad key degrades one answer to trending, never to an error. The bandit of an experiment reads
 the per-arm counts with one ``HGETALL`` (at most once a second, :mod:`serving.assignment`).
-State: the client's connection pool (closed by :meth:`RedisStore.close`) and the trending list
+State: the client's connection pool (closed by :meth:`RedisStore.close`), the trending list
 last decoded with its bytes (one list, replaced when Redis holds other bytes): every request
-reads trending, but it changes about once a second, so it is decoded once per change.
+reads trending, but it changes about once a second, so it is decoded once per change; and the
+:class:`CategoryCache` of item categories (bounded, emptied every ``CATEGORY_CACHE_S``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any, cast
 
@@ -26,9 +33,11 @@ import redis.asyncio as aioredis
 from connectors.arm_counts import arms_key, decode_counts
 from connectors.redis_lists import (
     SCENES,
+    category_trending_key,
     decode_item_list,
     decode_rec_list,
     features_key,
+    item_categories_key,
     item_list_key,
     rec_key,
     trending_key,
@@ -37,10 +46,21 @@ from flywheel.settings import Settings
 from online_models.experiments import ArmCounts
 from serving.recommend import Snapshot
 
-__all__ = ["CART_LISTS_MAX", "RedisStore"]
+__all__ = ["CART_LISTS_MAX", "CATEGORY_CACHE_S", "CategoryCache", "RedisStore"]
 
 CART_LISTS_MAX = 10
 """Neighbour lists read for a cart: those of its newest items."""
+CATEGORY_CACHE_S = 300.0
+"""Seconds an item's category is reused before it is read again (a re-filed item shows its new
+category within this time)."""
+_CATEGORY_CACHE_MAX = 200_000
+# KEYS: the item-category hash; ARGV: item, category-list key prefix. The item's category's
+# trending list, or nil.
+_PRODUCT_CATEGORY_SCRIPT = """
+local category = redis.call('HGET', KEYS[1], ARGV[1])
+if not category then return false end
+return redis.call('GET', ARGV[2] .. category)
+"""
 log = logging.getLogger(__name__)
 # KEYS: home list, features, trending; ARGV: neighbour-list key prefix, max lists. Returns the
 # three values, then (item, neighbour list) pairs for the cart's newest items.
@@ -81,6 +101,8 @@ class RedisStore:
             settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
         self._cart_script = self.client.register_script(_CART_SCRIPT)
+        self._product_script = self.client.register_script(_PRODUCT_CATEGORY_SCRIPT)
+        self.categories = CategoryCache(self.client, item_categories_key(self.prefix))
         self._trending_raw: bytes | None = None
         self._trending: list[tuple[str, float]] = []
 
@@ -117,6 +139,21 @@ class RedisStore:
             trending=self._decoded_trending(keys[2], raw_trending),
             neighbours=neighbours,
         )
+
+    async def category_trending(self, categories: list[str]) -> list[list[tuple[str, float]]]:
+        """The trending lists of ``categories`` (empty for a category without one)."""
+        if not categories:
+            return []
+        keys = [category_trending_key(self.prefix, c) for c in categories]
+        values = await self.client.mget(keys)
+        return [_decode(key, raw, _ranked) or [] for key, raw in zip(keys, values, strict=True)]
+
+    async def product_category_trending(self, item_id: str) -> list[tuple[str, float]]:
+        """The trending list of ``item_id``'s category; empty when either is unknown."""
+        key_prefix = category_trending_key(self.prefix, "")
+        keys = [item_categories_key(self.prefix)]
+        raw = await self._product_script(keys=keys, args=[item_id, key_prefix])
+        return _decode(f"{key_prefix}<category of {item_id}>", raw, _ranked) or []
 
     def _decoded_trending(self, key: str, raw: bytes | None) -> list[tuple[str, float]]:
         """The trending list of ``raw``, decoded only when the bytes changed."""
@@ -171,3 +208,36 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 def _ranked(raw: bytes) -> list[tuple[str, float]]:
     return [(str(item), float(score)) for item, score in orjson.loads(raw)]
+
+
+class CategoryCache:
+    """Item categories from the job's item-category hash, cached in this process.
+
+    State: at most ``max_items`` item -> category entries (unknown items are cached as ``""``),
+    all dropped every ``ttl_s`` seconds and when full, so a re-filed item shows its new
+    category within ``ttl_s``.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key: str,
+        ttl_s: float = CATEGORY_CACHE_S,
+        max_items: int = _CATEGORY_CACHE_MAX,
+    ) -> None:
+        self._client, self._key = client, key
+        self.ttl_s, self.max_items = ttl_s, max_items
+        self._known: dict[str, str] = {}
+        self._since = time.monotonic()
+
+    async def of(self, items: list[str]) -> dict[str, str]:
+        """The known categories of ``items`` (items without one are left out)."""
+        now = time.monotonic()
+        if now - self._since >= self.ttl_s or len(self._known) >= self.max_items:
+            self._known, self._since = {}, now
+        missing = list(dict.fromkeys(i for i in items if i not in self._known))
+        if missing:
+            hmget = cast("Awaitable[list[bytes | None]]", self._client.hmget(self._key, missing))
+            for item, raw in zip(missing, await hmget, strict=True):
+                self._known[item] = raw.decode("utf-8", "replace") if raw else ""
+        return {i: self._known[i] for i in items if self._known.get(i)}

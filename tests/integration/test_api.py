@@ -24,8 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.redis_lists import (
     ListWriter,
     RecList,
+    category_trending_suffix,
     encode_rec_list,
     features_suffix,
+    item_categories_key,
     rec_key,
     rec_suffix,
 )
@@ -163,6 +165,64 @@ def test_cart_and_product_scenes(
         ("t2", "trending"),
         ("t3", "trending"),
     ]
+
+
+def test_cold_shoppers_and_unknown_products_get_their_categories_trending(
+    api: httpx.Client, settings: Settings, redis_client: redis.Redis
+) -> None:
+    tea, soap = f"tea-{uuid.uuid4().hex[:6]}", f"soap-{uuid.uuid4().hex[:6]}"
+    entries = [  # as the job writes them: one list per category
+        (category_trending_suffix(tea), orjson.dumps([["green", 5.0], ["t2", 4.0]])),
+        (category_trending_suffix(soap), orjson.dumps([["bar", 3.0]])),
+    ]
+    ListWriter(redis_client, settings.redis_prefix, 60).write_batch(entries)
+    redis_client.hset(item_categories_key(settings.redis_prefix), "sku-tea", tea)
+    cold = f"cold-{uuid.uuid4().hex[:6]}"
+    pseudonym = pseudonymise(cold, settings.hmac_key)
+    features = {"n_events": 1, "categories": {soap: 1, tea: 2}}
+    ListWriter(redis_client, settings.redis_prefix, 60).write_batch(
+        [(features_suffix(pseudonym), orjson.dumps(features))]
+    )
+    body = api.get("/v1/recommendations", params={"user_id": cold, "k": 5}).json()
+    assert body["strategy"] == "trending"
+    assert [(i["item_id"], i["reason"]) for i in body["items"]] == [
+        ("green", "popular_in_category"),  # the shopper's most counted category first
+        ("bar", "popular_in_category"),
+        ("t2", "popular_in_category"),
+        ("t1", "trending"),
+        ("t3", "trending"),
+    ]
+    params: dict[str, Any] = {"user_id": cold, "scene": "product", "item_id": "sku-tea", "k": 3}
+    product = api.get("/v1/recommendations", params=params).json()
+    assert [(i["item_id"], i["reason"]) for i in product["items"]] == [
+        ("green", "popular_in_category"),  # the product's category, not the shopper's
+        ("t2", "popular_in_category"),
+        ("t1", "trending"),
+    ]
+
+
+def test_diversity_caps_items_per_category_from_the_jobs_categories(
+    api: httpx.Client, settings: Settings, redis_client: redis.Redis
+) -> None:
+    user = f"div-{uuid.uuid4().hex[:6]}"
+    pseudonym = pseudonymise(user, settings.hmac_key)
+    ranked = [(f"d{i}", 10.0 - i) for i in range(12)]  # d0-d7 dairy, d8-d11 one each
+    rec = RecList(pseudonym, "home", "online_mf", 1, 2, ranked)
+    ListWriter(redis_client, settings.redis_prefix, 60).write_batch(
+        [(rec_suffix("home", pseudonym), encode_rec_list(rec))]
+    )
+    categories = {f"d{i}": "dairy" if i < 8 else f"other{i}" for i in range(12)}
+    redis_client.hset(item_categories_key(settings.redis_prefix), mapping=categories)
+
+    def spread(diversity: float) -> tuple[int, bool]:
+        params = {"user_id": user, "k": 6, "diversity": diversity}
+        body = api.get("/v1/recommendations", params=params).json()
+        return len({categories[i["item_id"]] for i in body["items"]}), body["diversified"]
+
+    assert spread(0.0) == (1, False)  # relevance order: six dairy items
+    low, high = spread(0.3), spread(1.0)
+    assert low[1] and high[1]
+    assert 1 < low[0] <= high[0] and high[0] == 5
 
 
 def test_the_fast_path_answers_like_the_fastapi_route(
