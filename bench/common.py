@@ -97,14 +97,22 @@ def machine_info(command: str) -> Results:
     }
 
 
-def merge_results(new: Mapping[str, Value], path: Path = LATEST) -> Results:
-    """Fold ``new`` into the JSON file at ``path`` (kept keys survive); returns the merge."""
+def merge_results(
+    new: Mapping[str, Value], path: Path = LATEST, replace_prefix: str | None = None
+) -> Results:
+    """Fold ``new`` into the JSON file at ``path`` (kept keys survive); returns the merge.
+
+    With ``replace_prefix``, kept keys under that prefix are dropped first: ``new`` replaces
+    that whole section (a complete re-run leaves no stale keys behind).
+    """
     merged: Results = {}
     if path.exists():
         try:
             merged = dict(json.loads(path.read_text()))
         except (OSError, ValueError):
             merged = {}
+    if replace_prefix:
+        merged = {k: v for k, v in merged.items() if not k.startswith(replace_prefix)}
     merged.update(new)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")

@@ -6,24 +6,33 @@
     python -m bench.quality --dataset synthetic --limit 100000
     python -m bench.quality --dataset otto --path train.jsonl --limit 2000000
     python -m bench.quality --dataset events.csv --user-col household --item-col sku --ts-col time
-    python -m bench.quality --strategies online_mf_repeat_d3 --discovery-slots 3 \
-        --online-mf-params '{"n_factors": 32}'                 # one strategy, given parameters
+    python -m bench.quality --strategies online_mf online_mf_plain \
+        --online-mf-params '{"n_factors": 32}' \
+        --repeat-params '{"weight": 4, "offset": -3, "discovery_slots": 2, "half_life_s": 2592000}'
 
 Steps: load the stream; tune online MF (and, for fairness, the batch ALS's confidence scale
-and regularisation, and the proposal's repeat weight) on the first ``--tune-fraction`` of its
-time (see :mod:`online_models.tuning`); then run every strategy over the whole stream, one
-after the other, scoring only the events after the tuning slice; print a table; merge the
-figures into ``bench/results/latest.json`` as ``quality.<dataset>.<strategy>.<metric>``; draw
-``bench/results/quality_<dataset>.png`` from every strategy in that file. ``batch_best``
-repeats the batch variant with the best HR@10. ``online_mf_repeat`` is the proposed model
-(:mod:`online_models.repeat_mf`). For the synthetic shop it also compares the final lists with
-the hidden tastes (:mod:`bench.quality_report`). Hourly ALS retraining is available
-(``--schedules batch_hourly``) but too slow for the full completejourney stream on 2 cores.
+and regularisation) on the first ``--tune-fraction`` of its time, then the repeat term of
+``online_mf`` and of ``batch_*_repeat`` on the same slice (highest HR@10 whose first-time
+HR@10 is at least the plain model's; see :mod:`online_models.tuning`); then run every
+strategy over the whole stream, one after the other, scoring only the events after the tuning
+slice; print a table; merge the figures into ``bench/results/latest.json`` as
+``quality.<dataset>.<strategy>.<metric>``; draw ``bench/results/quality_<dataset>.png`` from
+every strategy in that file.
+
+Strategies: ``popularity``, ``cooccurrence``, ``river_biasedmf``, ``river_funkmf``,
+``online_mf`` (ours, as the job serves it: online MF + bias + the repeat term,
+:mod:`online_models.repeat_aware`), ``online_mf_plain`` (the online MF alone), and the
+batch ALS schedules: ``batch_6h``, ``batch_daily`` (``batch_hourly`` on request: too slow for
+the full completejourney stream on 2 cores) and ``batch_6h_repeat`` (6-hourly ALS with the
+same kind of repeat term, tuned by the same rule). ``batch_best`` repeats the batch variant
+with the best HR@10, repeat variants included. For the synthetic shop it also compares the
+final lists with the hidden tastes (:mod:`bench.quality_report`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -51,7 +60,8 @@ from online_models.evaluation import (
     evaluate,
     events_from_dicts,
 )
-from online_models.repeat_mf import RepeatAwareMFStrategy
+from online_models.repeat_aware import RepeatAwareStrategy
+from online_models.repeat_term import RepeatTerm
 from online_models.strategies import (
     DAY_S,
     OnlineMFStrategy,
@@ -59,14 +69,17 @@ from online_models.strategies import (
     RiverMFStrategy,
     Strategy,
 )
-from online_models.tuning import ONLINE_MF_SPACE, tune, tuning_cutoff
+from online_models.tuning import ONLINE_MF_SPACE, tune, tune_repeat, tuning_cutoff
 
 __all__ = ["main"]
 
 ALS_SPACE: dict[str, list[Any]] = {"alpha": [1.0, 10.0, 0.25], "regularization": [0.05, 0.5]}
-REPEAT_SPACE: dict[str, list[Any]] = {"repeat_weight": [2.0, 1.0, 4.0, 8.0]}
-SCHEDULES = {"batch_hourly": 3600, "batch_6h": 6 * 3600, "batch_daily": DAY_S}
-COLUMNS = ("hr@10", "ndcg@10", "mrr", "coverage", "hr@10_first_time", "hr@10_repeat")
+_PLAIN_SCHEDULES = {"batch_hourly": 3600, "batch_6h": 6 * 3600, "batch_daily": DAY_S}
+SCHEDULES = {**_PLAIN_SCHEDULES, **{f"{n}_repeat": s for n, s in _PLAIN_SCHEDULES.items()}}
+COLUMNS = (
+    "hr@10", "ndcg@10", "coverage", "hr@10_first_time", "ndcg@10_first_time",
+    "hr@10_repeat", "ndcg@10_repeat",
+)  # fmt: skip
 SYNTHETIC_USERS, SYNTHETIC_ITEMS, SYNTHETIC_RATE_PER_S = 2000, 5000, 0.5
 
 
@@ -92,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--schedules",
         nargs="+",
-        default=["batch_6h", "batch_daily"],
+        default=["batch_6h", "batch_daily", "batch_6h_repeat"],
         choices=sorted(SCHEDULES),
         help="batch retrain schedules to run",
     )
@@ -101,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-fraction", type=float, default=0.2, help="share of time for tuning")
     for model in ("online-mf", "als"):
         p.add_argument(f"--{model}-params", type=json.loads, help="JSON: skip tuning, use these")
-    p.add_argument("--repeat-weight", type=float, help="online_mf_repeat: skip tuning, use this")
-    p.add_argument(
-        "--discovery-slots", type=int, default=0, help="online_mf_repeat: places kept for new items"
-    )
+    for model in ("repeat", "batch-repeat"):
+        p.add_argument(
+            f"--{model}-params",
+            type=json.loads,
+            help="JSON weight, offset, discovery_slots, half_life_s: skip tuning, use these",
+        )
     p.add_argument("--no-save", action="store_true", help="print only: no JSON, no plot")
     p.add_argument("--plot-only", action="store_true", help="redraw the chart from the JSON")
     return p
@@ -149,27 +164,42 @@ def factories(
 ) -> dict[str, Callable[[], Strategy]]:
     """Every strategy of the comparison, by name, as a constructor."""
     window = int(args.window_days * DAY_S)
-    mf, als, repeat = chosen["online_mf"], chosen["batch_als"], chosen["repeat_weight"]
+    mf, als = chosen["online_mf"], chosen["batch_als"]
     made: dict[str, Callable[[], Strategy]] = {
         "popularity": lambda: PopularityStrategy(window_s=window),
         "cooccurrence": lambda: CoOccurrenceStrategy(window_s=window),
         "river_biasedmf": lambda: RiverMFStrategy("biased", window_s=window),
         "river_funkmf": lambda: RiverMFStrategy("funk", window_s=window),
-        "online_mf": lambda: OnlineMFStrategy(window_s=window, **mf),
-        _repeat_name(args): lambda: RepeatAwareMFStrategy(
-            repeat, discovery_slots=args.discovery_slots, window_s=window, **mf
+        "online_mf": lambda: _with_repeats(
+            OnlineMFStrategy(window_s=window, **mf), chosen["repeat"], "online_mf",
+            mf.get("action_weights"),
         ),
-    }
+        "online_mf_plain": lambda: OnlineMFStrategy(window_s=window, name="online_mf_plain", **mf),
+    }  # fmt: skip
     for name in args.schedules:
-        made[name] = functools.partial(
+        batch = functools.partial(
             BatchALSStrategy, retrain_every_s=SCHEDULES[name], window_s=window, name=name, **als
         )
+        if name.endswith("_repeat"):
+            made[name] = functools.partial(
+                _with_repeats, batch(), chosen["batch_repeat"], name, None
+            )
+        else:
+            made[name] = batch
     return made
 
 
-def _repeat_name(args: argparse.Namespace) -> str:
-    """``online_mf_repeat``, with ``_d<slots>`` when discovery slots are kept."""
-    return "online_mf_repeat" + (f"_d{args.discovery_slots}" if args.discovery_slots else "")
+def _with_repeats(
+    base: OnlineMFStrategy | BatchALSStrategy,
+    params: dict[str, Any],
+    name: str,
+    weights: dict[str, float] | None,
+) -> RepeatAwareStrategy:
+    """``base`` ranked with the repeat term ``params`` (``RepeatTerm`` fields + half_life_s)."""
+    fields = {f.name for f in dataclasses.fields(RepeatTerm)}
+    term = RepeatTerm(**{k: v for k, v in params.items() if k in fields})
+    half_life = float(params.get("half_life_s", 0.0))
+    return RepeatAwareStrategy(base, term, half_life_s=half_life, action_weights=weights, name=name)
 
 
 def _selected(args: argparse.Namespace, name: str) -> bool:
@@ -177,8 +207,9 @@ def _selected(args: argparse.Namespace, name: str) -> bool:
 
 
 def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) -> dict[str, Any]:
-    """Chosen parameters (``online_mf``, ``batch_als``, ``repeat_weight``), each from the
-    tuning slice only, unless given on the command line or not needed by this run."""
+    """Chosen parameters (``online_mf``, ``batch_als``, and the repeat terms ``repeat`` of
+    ``online_mf`` and ``batch_repeat`` of the batch repeat variants), each from the tuning
+    slice only, unless given on the command line or not needed by this run."""
     common: dict[str, Any] = {
         "fraction": args.tune_fraction,
         "k": args.k,
@@ -189,29 +220,61 @@ def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) ->
     }
     window = int(args.window_days * DAY_S)
     mf = args.online_mf_params
-    mf_needed = _selected(args, "online_mf") or _selected(args, _repeat_name(args))
+    mf_needed = _selected(args, "online_mf") or _selected(args, "online_mf_plain")
     if mf is None and mf_needed and args.tune_budget > 0:
         make_mf = functools.partial(OnlineMFStrategy, window_s=window)
         mf = tune(
             lambda p: make_mf(**p), ONLINE_MF_SPACE, events, budget=args.tune_budget, **common
         )[0].params
+    mf = mf or {}
     als = args.als_params
     if als is None and any(_selected(args, s) for s in args.schedules):
         make_als = functools.partial(
             BatchALSStrategy, min(SCHEDULES[s] for s in args.schedules), window_s=window
         )
         als = tune(lambda p: make_als(**p), ALS_SPACE, events, budget=6, **common)[0].params
-    repeat = args.repeat_weight
-    if repeat is None and _selected(args, _repeat_name(args)):
-        make_rep = functools.partial(
-            RepeatAwareMFStrategy,
-            discovery_slots=args.discovery_slots,
-            window_s=window,
-            **(mf or {}),
-        )
-        best = tune(lambda p: make_rep(**p), REPEAT_SPACE, events, budget=4, **common)[0]
-        repeat = best.params["repeat_weight"]
-    return {"online_mf": mf or {}, "batch_als": als or {}, "repeat_weight": repeat or 0.0}
+    als = als or {}
+    repeat = args.repeat_params
+    if repeat is None and _selected(args, "online_mf"):
+        repeat = _tune_term(
+            lambda h: _with_repeats(
+                OnlineMFStrategy(window_s=window, **mf), {"half_life_s": h}, "online_mf",
+                mf.get("action_weights"),
+            ),
+            events, common,
+        )  # fmt: skip
+    batch_repeat = args.batch_repeat_params
+    repeats = [s for s in args.schedules if s.endswith("_repeat") and _selected(args, s)]
+    if batch_repeat is None and repeats:
+        every = min(SCHEDULES[s] for s in repeats)
+        batch_repeat = _tune_term(
+            lambda h: _with_repeats(
+                BatchALSStrategy(every, window_s=window, **als), {"half_life_s": h}, "b", None
+            ),
+            events, common,
+        )  # fmt: skip
+    return {
+        "online_mf": mf,
+        "batch_als": als,
+        "repeat": repeat or {},
+        "batch_repeat": batch_repeat or {},
+    }
+
+
+def _tune_term(
+    make: Callable[[float], RepeatAwareStrategy], events: list[Event], common: dict[str, Any]
+) -> dict[str, Any]:
+    """The repeat term chosen on the tuning slice, as ``--repeat-params`` JSON fields, with
+    the tuning figures (``tuning_*``) for the record."""
+    choice = tune_repeat(make, events, **common)
+    return {
+        **dataclasses.asdict(choice.term),
+        "half_life_s": choice.half_life_s,
+        "tuning_hr": round(choice.hr, 5),
+        "tuning_first_time_hr": round(choice.first_time_hr, 5),
+        "tuning_plain_hr": round(choice.plain_hr, 5),
+        "tuning_plain_first_time_hr": round(choice.plain_first_time_hr, 5),
+    }
 
 
 def run_all(
@@ -251,6 +314,8 @@ def flatten(
         for key, value in report.metrics().items():
             out[f"quality.{dataset}.{name}.{key}"] = value
         strategy = kept[name]
+        if isinstance(strategy, RepeatAwareStrategy):
+            strategy = strategy.base
         if isinstance(strategy, BatchALSStrategy):
             out[f"quality.{dataset}.{name}.trainings"] = strategy.trainings
             out[f"quality.{dataset}.{name}.train_s"] = round(strategy.train_seconds, 1)
@@ -266,11 +331,11 @@ def flatten(
 def table(reports: dict[str, PrequentialReport], k: int) -> str:
     """The comparison as a text table, one strategy a line."""
     cols = [c.replace("@10", f"@{k}") for c in COLUMNS]
-    head = f"{'strategy':<16}" + "".join(f"{c:>18}" for c in cols) + f"{'events/s':>12}"
+    head = f"{'strategy':<16}" + "".join(f"{c:>19}" for c in cols) + f"{'events/s':>12}"
     lines = [head, "-" * len(head)]
     for name, report in reports.items():
         m = report.metrics()
-        cells = "".join(f"{m.get(c, 0.0):>18.4f}" for c in cols)
+        cells = "".join(f"{m.get(c, 0.0):>19.4f}" for c in cols)
         lines.append(f"{name:<16}{cells}{m['events_per_s']:>12,.0f}")
     return "\n".join(lines)
 
@@ -301,8 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = (".truth.", ".trainings", ".train_s")
     for key in sorted(k for k in results if any(x in k for x in extra)):
         print(f"{key} = {results[key]}")
-    if not args.no_save:
-        merged = merge_results(results)
+    if not args.no_save:  # a run of every strategy replaces the dataset's whole section
+        section = None if args.strategies else f"quality.{dataset}."
+        merged = merge_results(results, replace_prefix=section)
         plot = plot_quality(merged, dataset, args.k, RESULTS_DIR / f"quality_{dataset}.png")
         say(f"results merged into {LATEST}" + (f"; plot {plot}" if plot else ""))
     return 0

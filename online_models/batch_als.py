@@ -29,7 +29,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from online_models.implicit_mf import DEFAULT_ACTION_WEIGHTS
-from online_models.strategies import DAY_S, Trending, fill
+from online_models.strategies import DAY_S, FactorView, Trending, fill
 from online_models.topn import top_n
 
 __all__ = ["BatchALSStrategy"]
@@ -131,6 +131,18 @@ class BatchALSStrategy:
         self._trained_events = n_events
         self.trainings += 1
         self.train_seconds += time.perf_counter() - start
+
+    def factor_view(self, users: list[str]) -> FactorView | None:
+        """The last trained model's view of the users it knows (item bias 0); items added
+        since its training have rows past its factor matrix."""
+        self._maybe_train()
+        n_users, n_items = self._user_factors.shape[0], self._item_factors.shape[0]
+        known = [i for i, u in enumerate(users) if self.user_index.get(u, n_users) < n_users]
+        if not known or not n_items:
+            return None
+        vectors = self._user_factors[[self.user_index[users[i]] for i in known]]
+        bias = np.zeros(n_items, np.float32)
+        return FactorView(known, vectors, self._item_factors, bias, self.item_index, self.item_ids)
 
     def recommend(
         self, users: list[str], k: int, exclude: list[set[str]] | None = None

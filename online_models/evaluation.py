@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -46,15 +46,21 @@ __all__ = [
     "DEFAULT_SCORE_ACTIONS",
     "SPLITS",
     "Event",
+    "Lister",
     "PrequentialReport",
     "Tally",
     "evaluate",
+    "evaluate_variants",
     "events_from_dicts",
     "rank_in",
     "split_of",
 ]
 
 DEFAULT_SCORE_ACTIONS = frozenset({"purchase", "add_to_cart", "click"})
+
+Lister = Callable[[list[str], int, "list[set[str]] | None"], list[list[list[str]]]]
+"""``(users, k, exclude) -> lists per variant``: the lists of several variants of one strategy
+for the same users (e.g. one learnt model ranked several ways)."""
 SPLITS = ("repeat", "first_time", "cold")
 """How a scored event is split: see :func:`split_of`."""
 
@@ -202,17 +208,41 @@ def evaluate(
     >>> report.slices["all"].n, report.slices["all"].hits, report.slices["cold"].hits
     (2, 1, 1)
     """
+
+    def lister(users: list[str], n: int, exclude: list[set[str]] | None) -> list[list[list[str]]]:
+        return [strategy.recommend(users, n, exclude)]
+
+    return evaluate_variants(
+        strategy, lister, [strategy.name], events, k, batch, score_actions, exclude_seen,
+        score_from_ts,
+    )[0]  # fmt: skip
+
+
+def evaluate_variants(
+    strategy: Strategy,
+    lister: Lister,
+    names: Sequence[str],
+    events: Sequence[Event],
+    k: int = 10,
+    batch: int = 256,
+    score_actions: Iterable[str] = DEFAULT_SCORE_ACTIONS,
+    exclude_seen: bool = False,
+    score_from_ts: int | None = None,
+) -> list[PrequentialReport]:
+    """:func:`evaluate` of several ranking variants of one learning ``strategy`` in one pass:
+    ``lister`` gives each batch's lists of every variant (in ``names`` order), then the
+    strategy learns the batch once. One report per variant."""
     if batch < 1 or k < 1:
         raise ValueError("batch and k must be >= 1")
-    run = _Run(strategy, k, frozenset(score_actions), exclude_seen, score_from_ts)
+    run = _Run(strategy, lister, names, k, frozenset(score_actions), exclude_seen, score_from_ts)
     start = time.perf_counter()
     for chunk in _chunks(events, batch):
         run.step(chunk)
-    report = run.report
-    report.batch, report.events = batch, len(events)
-    report.seconds = time.perf_counter() - start
-    report.items_seen, report.items_recommended = len(run.items_seen), len(run.recommended)
-    return report
+    for report, recommended in zip(run.reports, run.recommended, strict=True):
+        report.batch, report.events = batch, len(events)
+        report.seconds = time.perf_counter() - start
+        report.items_seen, report.items_recommended = len(run.items_seen), len(recommended)
+    return run.reports
 
 
 def _chunks(events: Sequence[Event], size: int) -> Iterator[Sequence[Event]]:
@@ -221,23 +251,26 @@ def _chunks(events: Sequence[Event], size: int) -> Iterator[Sequence[Event]]:
 
 
 class _Run:
-    """The state of one evaluation: per-user history, seen and recommended items, tallies."""
+    """The state of one evaluation: per-user history, seen and recommended items (per
+    variant), tallies (per variant)."""
 
     def __init__(
         self,
         strategy: Strategy,
+        lister: Lister,
+        names: Sequence[str],
         k: int,
         score_actions: frozenset[str],
         exclude_seen: bool,
         score_from_ts: int | None,
     ):
-        self.strategy, self.k = strategy, k
+        self.strategy, self.lister, self.k = strategy, lister, k
         self.score_actions, self.exclude_seen = score_actions, exclude_seen
         self.score_from_ts = score_from_ts
-        self.report = PrequentialReport(strategy.name, k, 1)
+        self.reports = [PrequentialReport(name, k, 1) for name in names]
         self.history: dict[str, set[str]] = {}
         self.items_seen: set[str] = set()
-        self.recommended: set[str] = set()
+        self.recommended: list[set[str]] = [set() for _ in names]
 
     def _scored(self, event: Event) -> bool:
         start = self.score_from_ts
@@ -246,30 +279,35 @@ class _Run:
     def step(self, chunk: Sequence[Event]) -> None:
         """Lists from the state before ``chunk``, then score and learn its events in order."""
         scored = [self._scored(e) for e in chunk]
-        lists = self._lists([e.user for e, s in zip(chunk, scored, strict=True) if s])
+        variants = self._lists([e.user for e, s in zip(chunk, scored, strict=True) if s])
         for event, is_scored in zip(chunk, scored, strict=True):
             if is_scored:
-                self._score(event, lists[event.user])
+                for report, lists in zip(self.reports, variants, strict=True):
+                    self._score(report, event, lists[event.user])
             self.strategy.learn(event.user, event.item, event.action, event.ts)
             self.history.setdefault(event.user, set()).add(event.item)
             self.items_seen.add(event.item)
 
-    def _lists(self, users: list[str]) -> dict[str, list[str]]:
+    def _lists(self, users: list[str]) -> list[dict[str, list[str]]]:
         distinct = list(dict.fromkeys(users))
         if not distinct:
-            return {}
+            return [{} for _ in self.reports]
         exclude = None
         if self.exclude_seen:
             exclude = [set(self.history.get(u, ())) for u in distinct]
-        ranked = self.strategy.recommend(distinct, self.k, exclude)
-        for items in ranked:
-            self.recommended.update(items[: self.k])
-        return dict(zip(distinct, ranked, strict=True))
+        out = []
+        for ranked, recommended in zip(
+            self.lister(distinct, self.k, exclude), self.recommended, strict=True
+        ):
+            for items in ranked:
+                recommended.update(items[: self.k])
+            out.append(dict(zip(distinct, ranked, strict=True)))
+        return out
 
-    def _score(self, event: Event, ranked: list[str]) -> None:
+    def _score(self, report: PrequentialReport, event: Event, ranked: list[str]) -> None:
         rank = rank_in(event.item, ranked, self.k)
         split = split_of(event.item, self.history.get(event.user))
-        self.report.slice(split).add(rank)
+        report.slice(split).add(rank)
         if split != "cold":
-            self.report.slice("all").add(rank)
-            self.report.slice(f"action:{event.action}").add(rank)
+            report.slice("all").add(rank)
+            report.slice(f"action:{event.action}").add(rank)

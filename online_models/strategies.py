@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from river import optim, reco
@@ -25,6 +25,7 @@ from online_models.popularity import WindowedPopularity
 from online_models.topn import top_n
 
 __all__ = [
+    "FactorView",
     "OnlineMFStrategy",
     "PopularityStrategy",
     "RiverMFStrategy",
@@ -50,6 +51,22 @@ class Strategy(Protocol):
     def learn(self, user: str, item: str, action: str, ts: int) -> None:
         """Learn one event (``ts`` in epoch milliseconds)."""
         ...
+
+
+class FactorView(NamedTuple):
+    """What a factor model scores a batch of users with: ``score = vectors @ factors.T + bias``.
+
+    ``warm`` holds the positions (in the batch) of the users the model can rank, ``vectors``
+    their rows in that order; ``item_rows`` maps item ids to rows, and an id whose row is
+    ``>= len(factors)`` is known to the strategy but not yet to the model.
+    """
+
+    warm: list[int]
+    vectors: np.ndarray
+    factors: np.ndarray
+    bias: np.ndarray
+    item_rows: Mapping[str, int]
+    ids: Sequence[str]
 
 
 def fill(ranked: Sequence[str], fallback: Sequence[str], k: int, skip: set[str]) -> list[str]:
@@ -166,26 +183,33 @@ class OnlineMFStrategy:
         self.counts[user] = self.counts.get(user, 0) + 1
         self.trending.add(item, weight, ts)
 
-    def recommend(
-        self, users: list[str], k: int, exclude: list[set[str]] | None = None
-    ) -> list[list[str]]:
-        """One ``top_n`` matrix product for the warm users; popularity for the others."""
+    def factor_view(self, users: list[str]) -> FactorView | None:
+        """The model's view of the warm users (``None`` when none or no items)."""
         warm = [
             i
             for i, u in enumerate(users)
             if self.counts.get(u, 0) >= max(1, self.cold_user_events) and u in self.model.users
         ]
+        table = self.model.items
+        if not warm or not len(table):
+            return None
+        vectors = np.stack([self.model.users[users[i]] for i in warm])
+        return FactorView(warm, vectors, table.factors, table.bias, table.index, table.ids)
+
+    def recommend(
+        self, users: list[str], k: int, exclude: list[set[str]] | None = None
+    ) -> list[list[str]]:
+        """One ``top_n`` matrix product for the warm users; popularity for the others."""
         popular = self.trending.top_ids(k + _longest(exclude))
         out = [fill((), popular, k, exclude[i] if exclude else set()) for i in range(len(users))]
-        if not warm or not len(self.model.items):
+        view = self.factor_view(users)
+        if view is None:
             return out
-        index, ids = self.model.items.index, self.model.items.ids
+        warm, vectors, index, ids = view.warm, view.vectors, view.item_rows, view.ids
         rows_out = None
         if exclude:
             rows_out = [[index[x] for x in exclude[i] if x in index] for i in warm]
-        vectors = np.stack([self.model.users[users[i]] for i in warm])
-        table = self.model.items
-        rows, scores = top_n(vectors, table.factors, table.bias, k, rows_out)
+        rows, scores = top_n(vectors, view.factors, view.bias, k, rows_out)
         for j, i in enumerate(warm):
             ranked = [ids[r] for r, s in zip(rows[j], scores[j], strict=True) if s > -np.inf]
             out[i] = fill(ranked, popular, k, exclude[i] if exclude else set())

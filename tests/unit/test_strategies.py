@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 
@@ -10,8 +11,9 @@ import pytest
 from connectors.datasets import SyntheticShop
 from online_models.batch_als import BatchALSStrategy
 from online_models.cooccurrence import CoOccurrenceStrategy
-from online_models.evaluation import Event, evaluate, events_from_dicts
-from online_models.repeat_mf import RepeatAwareMFStrategy
+from online_models.evaluation import Event, evaluate, evaluate_variants, events_from_dicts
+from online_models.repeat_aware import RepeatAwareStrategy
+from online_models.repeat_term import RepeatTerm
 from online_models.strategies import (
     OnlineMFStrategy,
     PopularityStrategy,
@@ -54,7 +56,12 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "popularity": lambda: PopularityStrategy(window_s=24 * HOUR_S),
     "cooccurrence": lambda: CoOccurrenceStrategy(),
     "online_mf": lambda: OnlineMFStrategy(n_factors=16, learning_rate=0.1, seed=1),
-    "online_mf_repeat": lambda: RepeatAwareMFStrategy(4.0, n_factors=16, learning_rate=0.1),
+    "online_mf_repeat": lambda: RepeatAwareStrategy(
+        OnlineMFStrategy(n_factors=16, learning_rate=0.1), RepeatTerm(4.0)
+    ),
+    "batch_als_repeat": lambda: RepeatAwareStrategy(
+        BatchALSStrategy(retrain_every_s=HOUR_S, factors=8, iterations=3), RepeatTerm(1.0, -0.5, 2)
+    ),
     "river_biasedmf": lambda: RiverMFStrategy("biased", candidates=100),
     "river_funkmf": lambda: RiverMFStrategy("funk", candidates=100),
     "batch_als": lambda: BatchALSStrategy(retrain_every_s=HOUR_S, factors=8, iterations=3),
@@ -79,19 +86,52 @@ def test_repeat_term_ranks_the_users_own_items_higher(planted: list[Event]) -> N
     plain = evaluate(STRATEGIES["online_mf"](), planted, batch=16).slice("repeat").hr
     repeat = evaluate(STRATEGIES["online_mf_repeat"](), planted, batch=16).slice("repeat").hr
     assert repeat > plain
-    capped = RepeatAwareMFStrategy(max_counted=3)
+    capped = RepeatAwareStrategy(OnlineMFStrategy(), RepeatTerm(1.0), max_items=3)
     for e in planted:
         capped.learn(e.user, e.item, e.action, e.ts)
-    assert max(len(c) for c in capped.counted.values()) == 3
+    assert max(len(c) for c in capped.counts.values()) == 3
 
 
 def test_discovery_slots_hold_items_new_to_the_user(planted: list[Event]) -> None:
-    strategy = RepeatAwareMFStrategy(8.0, discovery_slots=3, n_factors=8)
+    strategy = RepeatAwareStrategy(OnlineMFStrategy(n_factors=8), RepeatTerm(8.0, 0.0, 3))
     for e in planted[:2000]:
         strategy.learn(e.user, e.item, e.action, e.ts)
-    users = sorted(strategy.counted)[:10]
+    users = sorted(strategy.counts)[:10]
     for user, ranked in zip(users, strategy.recommend(users, 10), strict=True):
-        assert len(ranked) == 10 and not set(ranked[7:]) & set(strategy.counted[user])
+        owned = set(strategy.counts[user].entries)
+        assert len(ranked) == 10 and len(set(ranked) - owned) >= 3
+
+
+def test_ranking_several_terms_in_one_pass_equals_separate_runs(planted: list[Event]) -> None:
+    terms = [RepeatTerm(), RepeatTerm(2.0, -1.0, 2), RepeatTerm(8.0)]
+    shared = RepeatAwareStrategy(OnlineMFStrategy(n_factors=8, seed=1), RepeatTerm())
+    reports = evaluate_variants(
+        shared,
+        functools.partial(shared.recommend_terms, terms=terms),
+        [str(t) for t in terms],
+        planted,
+        batch=16,
+    )
+    for term, report in zip(terms, reports, strict=True):
+        alone = RepeatAwareStrategy(OnlineMFStrategy(n_factors=8, seed=1), term)
+        single = evaluate(alone, planted, batch=16)
+        assert report.slices == single.slices, term
+    assert (
+        reports[0].slices
+        == evaluate(OnlineMFStrategy(n_factors=8, seed=1), planted, batch=16).slices
+    )
+
+
+def test_batch_repeat_lists_items_bought_after_the_last_training() -> None:
+    als = RepeatAwareStrategy(
+        BatchALSStrategy(retrain_every_s=HOUR_S, factors=4, iterations=2), RepeatTerm(5.0)
+    )
+    hour = HOUR_S * 1000
+    for t, (user, item) in enumerate([("a", "x"), ("b", "y"), ("a", "y"), ("a", "new")]):
+        als.learn(user, item, "purchase", t * hour // 2)  # "new" arrives after the boundary
+    ranked = als.recommend(["a"], 3)[0]
+    assert ranked[0] == "new" or "new" in ranked[:3]
+    assert als.base.item_index["new"] >= als.base._item_factors.shape[0]  # unknown to ALS
 
 
 def test_cooccurrence_memory_bound_holds(planted: list[Event]) -> None:

@@ -1,0 +1,112 @@
+"""One user's interaction counts per item, the input of the repeat ("buy it again") term.
+
+Each learnable event adds its action weight, in units of the largest action weight (so a
+purchase counts 1 with the default weights), to the user's count of the item. With a
+half-life ``h`` the counts decay in event time: an interaction ``t`` ms before the reference
+time counts ``2 ** (-t / h)``. The decay is kept lazily: every count is stored scaled to the
+user's reference timestamp ``ref_ts``, so an event touches one entry and reading the counts
+at time ``now`` multiplies them all by one factor ``2 ** (-(now - ref_ts) / h)``; the reference
+moves forward (all entries rescaled once) when the scale would exceed ``2 ** 64``.
+
+The counts are read at the user's latest counted event (``last_ts``), so they change only
+with the user's own events: the Flink job and a standalone replay read the same values.
+
+State kept (bounded): at most ``max_items`` entries (item id -> scaled count), ordered from
+least to most recently touched; a new item beyond the bound evicts the least recently touched
+one. Plus two timestamps. Encoded for Flink state by :meth:`RepeatCounts.to_list`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["RepeatCounts", "repeat_units"]
+
+_MAX_EXPONENT = 64.0
+
+
+def repeat_units(action_weights: Mapping[str, float]) -> dict[str, float]:
+    """Count added per action: its weight over the largest weight (a purchase counts 1).
+
+    >>> repeat_units({"view": 0.5, "click": 1.0, "add_to_cart": 2.0, "purchase": 4.0})
+    {'view': 0.125, 'click': 0.25, 'add_to_cart': 0.5, 'purchase': 1.0}
+    """
+    unit = max(action_weights.values(), default=0.0)
+    return {a: w / unit for a, w in action_weights.items() if w > 0 and unit > 0}
+
+
+class RepeatCounts:
+    """Bounded, optionally decaying per-item interaction counts of one user.
+
+    >>> c = RepeatCounts(max_items=2)
+    >>> c.add("milk", 1.0, 0); c.add("tea", 0.5, 0); c.add("milk", 1.0, 0)
+    >>> c.counts()
+    (['tea', 'milk'], [0.5, 2.0])
+    >>> c.add("eggs", 1.0, 0)   # full: tea, the least recently touched, goes
+    >>> c.counts()[0]
+    ['milk', 'eggs']
+    >>> d = RepeatCounts(half_life_s=3600)
+    >>> d.add("milk", 1.0, 0); d.add("milk", 1.0, 3_600_000)
+    >>> d.counts()
+    (['milk'], [1.5])
+    """
+
+    __slots__ = ("entries", "half_life_ms", "last_ts", "max_items", "ref_ts")
+
+    def __init__(self, max_items: int = 200, half_life_s: float = 0.0) -> None:
+        if max_items < 0 or half_life_s < 0:
+            raise ValueError("max_items and half_life_s must be >= 0")
+        self.max_items = max_items
+        self.half_life_ms = half_life_s * 1000.0
+        self.ref_ts = 0
+        self.last_ts = 0
+        self.entries: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, item: str, weight: float, ts: int) -> None:
+        """Count ``weight`` for ``item`` at event time ``ts``; it becomes most recent."""
+        if self.max_items == 0 or weight <= 0:
+            return
+        self.last_ts = max(self.last_ts, ts) if self.entries else ts
+        value = weight
+        if self.half_life_ms:
+            if not self.entries:
+                self.ref_ts = ts
+            elif (ts - self.ref_ts) / self.half_life_ms > _MAX_EXPONENT:
+                self._rebase(ts)
+            value = weight * math.exp2((ts - self.ref_ts) / self.half_life_ms)
+        entries = self.entries
+        entries[item] = entries.pop(item, 0.0) + value
+        if len(entries) > self.max_items:
+            del entries[next(iter(entries))]
+
+    def counts(self) -> tuple[list[str], list[float]]:
+        """Items (least recently touched first) and their counts decayed to ``last_ts``."""
+        items = list(self.entries)
+        values = list(self.entries.values())
+        if self.half_life_ms and values:
+            scale = math.exp2(-(self.last_ts - self.ref_ts) / self.half_life_ms)
+            values = [v * scale for v in values]
+        return items, values
+
+    def _rebase(self, ts: int) -> None:
+        scale = math.exp2(-(ts - self.ref_ts) / self.half_life_ms)
+        self.entries = {item: v * scale for item, v in self.entries.items()}
+        self.ref_ts = ts
+
+    def to_list(self) -> list[Any]:
+        """JSON-ready state: ``[ref_ts, last_ts, [item, scaled count], ...]``."""
+        return [self.ref_ts, self.last_ts, *([item, v] for item, v in self.entries.items())]
+
+    def load(self, state: list[Any]) -> RepeatCounts:
+        """Restore from :meth:`to_list` output (an empty list is an empty state); entries
+        beyond ``max_items`` (a lower bound than when saved) drop the least recent."""
+        if state:
+            self.ref_ts, self.last_ts = int(state[0]), int(state[1])
+            kept = state[2:][-self.max_items :] if self.max_items else []
+            self.entries = {str(item): float(v) for item, v in kept}
+        return self
