@@ -12,13 +12,15 @@ on exit, error or Ctrl-C):
    sequential ``GET`` s of random users' list keys on one connection (one round trip each, as
    a frontend does) and times each; then ``clients`` processes do the same at once for a
    fixed time, for lookups/s;
-3. **API**: a Tansu broker (the API produces an impression event per served item) and the real
-   API process (``flywheel api``, one uvicorn worker). A child process sends
+3. **API**: a Tansu broker (the API produces one impression event per served list) and the
+   real API process (``flywheel api``, one uvicorn worker, the default). A child process sends
    ``GET /v1/recommendations?user_id=…&scene=home&k=10`` for random known users (10 % unknown
    ones, who get trending) open loop at fixed rates (100 and 250/s, then the 500/s target
    last, since it may overload the API; latency from each request's scheduled send time) and
-   closed loop with ``max_connections`` requests in flight (maximum rate). The API process's
-   CPU time per request is read from ``/proc`` around each step.
+   closed loop with ``max_connections`` requests in flight (maximum rate). The API's CPU time
+   per request (its process and worker processes) is read from ``/proc`` around each step.
+4. The same API with ``more_workers`` worker processes (``FLYWHEEL_API_WORKERS``), closed loop
+   and the target rate only: keys ``serving.api_*_<step>_<n>workers``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class ServingConfig:
     api_connections: int = 64
     max_connections: int = 16
     max_s: float = 15.0
+    more_workers: int = 2
     unknown_fraction: float = 0.1
     seed: int = 11
 
@@ -162,9 +165,19 @@ def _wait_api(port: int, process: JobProcess, timeout_s: float = 120.0) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from ``/proc``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process (all its threads) and of its live child processes
+    (the API's workers), from ``/proc``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except FileNotFoundError:  # the process (or a thread) ended meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(child) for child in children)
 
 
 def _api_figures(tag: str, result: loadgen.LoadResult, cpu_s: float) -> Results:
@@ -186,33 +199,54 @@ def _api_figures(tag: str, result: loadgen.LoadResult, cpu_s: float) -> Results:
     }
 
 
-def _api_steps(cfg: ServingConfig) -> list[tuple[str, float, float]]:
+def _api_steps(cfg: ServingConfig, lower_rates: bool = True) -> list[tuple[str, float, float]]:
     """``(tag, rate, seconds)`` in order: the lower open-loop rates, the closed loop
     (``rate`` 0), then the target rate, which may overload the API and so comes last."""
     lower = [(f"at_{r}rps", float(r), cfg.api_s) for r in cfg.api_rates if r != cfg.api_rate]
-    return [*lower, ("max", 0.0, cfg.max_s), (f"at_{cfg.api_rate}rps", cfg.api_rate, cfg.api_s)]
+    last = [("max", 0.0, cfg.max_s), (f"at_{cfg.api_rate}rps", cfg.api_rate, cfg.api_s)]
+    return [*lower, *last] if lower_rates else last
 
 
 def _api(
     settings: Settings, known: list[str], cfg: ServingConfig, logs: Path, results: Results
 ) -> None:
-    """The API under open-loop load at each rate and closed-loop maximum, into ``results``."""
-    process = JobProcess(settings, logs / "api.log", ("api",))
+    """The API under open-loop load at each rate and closed-loop maximum, into ``results``;
+    then, with ``cfg.more_workers`` worker processes, the maximum and the target rate."""
+    _api_run(settings, known, cfg, logs, results, "")
+    if cfg.more_workers > 1:
+        more = settings.with_overrides(api_workers=cfg.more_workers)
+        _api_run(more, known, cfg, logs, results, f"_{cfg.more_workers}workers")
+
+
+def _api_run(
+    settings: Settings,
+    known: list[str],
+    cfg: ServingConfig,
+    logs: Path,
+    results: Results,
+    suffix: str,
+) -> None:
+    """One API process (``settings.api_workers`` workers) through its steps; keys end in
+    ``suffix``."""
+    process = JobProcess(settings, logs / f"api{suffix}.log", ("api",))
     try:
         process.start()
         _wait_api(settings.api_port, process)
         paths, port = _paths(known, cfg, 20_000), settings.api_port
         pid = process.process.pid if process.process else 0
         with ProcessPoolExecutor(1, mp_context=_SPAWN) as pool:
-            for tag, rate, seconds in _api_steps(cfg):
+            for step, rate, seconds in _api_steps(cfg, lower_rates=not suffix):
+                tag = f"{step}{suffix}"
                 time.sleep(2.0)  # the previous step's last answers are out
                 cpu = _cpu_seconds(pid)
                 if rate:
-                    say(f"api: open loop, {rate:.0f} requests/s for {seconds:.0f} s (+2 s warm-up)")
+                    say(f"api{suffix}: open loop, {rate:.0f} requests/s for {seconds:.0f} s "
+                        "(+2 s warm-up)")  # fmt: skip
                     args = (port, paths, rate, seconds, 2.0, cfg.api_connections)
                     run = pool.submit(loadgen.open_loop, *args).result()
                 else:
-                    say(f"api: closed loop, {cfg.max_connections} connections for {seconds:.0f} s")
+                    say(f"api{suffix}: closed loop, {cfg.max_connections} connections for "
+                        f"{seconds:.0f} s")  # fmt: skip
                     args2 = (port, paths[::-1], cfg.max_connections, seconds)
                     run = pool.submit(loadgen.closed_loop, *args2).result()
                 results.update(_api_figures(tag, run, _cpu_seconds(pid) - cpu))
@@ -226,10 +260,12 @@ def _api(
     finally:
         process.stop()
     results.update({
-        "serving.api_errors": results[f"serving.api_errors_at_{cfg.api_rate}rps"],
-        "serving.api_max_rps": results["serving.api_achieved_rps_max"],
+        f"serving.api_errors{suffix}": results[f"serving.api_errors_at_{cfg.api_rate}rps{suffix}"],
+        f"serving.api_max_rps{suffix}": results[f"serving.api_achieved_rps_max{suffix}"],
         "serving.api_max_connections": cfg.max_connections,
-        "serving.api_impressions_lost": scrape.total("flywheel_api_impressions_lost_total"),
+        f"serving.api_impressions_lost{suffix}": scrape.total(
+            "flywheel_api_impressions_lost_total"
+        ),
     })  # fmt: skip
 
 

@@ -31,6 +31,7 @@ uvicorn worker processes (each its own app and clients; their metrics are merged
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -135,12 +136,21 @@ class _Clients:
 
 
 def create_app(
-    settings: Settings, metrics: ApiMetrics | None = None, *, fast_path: bool = True
+    settings: Settings,
+    metrics: ApiMetrics | None = None,
+    *,
+    fast_path: bool = True,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """The API bound to ``settings``; ``metrics`` default to a fresh registry.
 
     ``fast_path=False`` serves every ``GET /v1/recommendations`` through the FastAPI route
-    (the reference behaviour the fast path is tested against).
+    (the reference behaviour the fast path is tested against). ``freeze_heap`` (for a
+    process that runs only this app, as :func:`serve`'s) moves every object alive once the app
+    has started out of the garbage collector's reach (``gc.freeze``): the modules, routes and
+    clients are never garbage, and a full collection then scans only what requests allocate
+    (about 90k objects and tens of milliseconds otherwise, a pause every request in flight
+    waits for).
     """
     metrics = metrics or ApiMetrics()
     clients = _Clients()
@@ -149,6 +159,9 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         clients.store = RedisStore(settings)
         clients.sink = KafkaSink(settings, on_dropped=metrics.impressions_lost.inc)
+        if freeze_heap:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -180,7 +193,7 @@ def create_app(
 def app_from_environment() -> FastAPI:
     """The app of one worker process: settings from the ``FLYWHEEL_*`` environment, which
     :func:`serve` exports before it starts the workers."""
-    return create_app(load_settings())
+    return create_app(load_settings(), freeze_heap=True)
 
 
 def serve(settings: Settings) -> None:
@@ -204,7 +217,7 @@ def serve(settings: Settings) -> None:
         "server_header": False,
     }
     if settings.api_workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, freeze_heap=True), **options)
         return
     _export(settings)
     target = f"{__name__}:{app_from_environment.__name__}"
