@@ -58,6 +58,7 @@ from online_models.evaluation import (
     Event,
     PrequentialReport,
     evaluate,
+    evaluate_variants,
     events_from_dicts,
 )
 from online_models.repeat_aware import RepeatAwareStrategy
@@ -283,26 +284,46 @@ def run_all(
     made: dict[str, Callable[[], Strategy]],
     exclude: bool,
 ) -> tuple[dict[str, PrequentialReport], dict[str, Strategy]]:
-    """Evaluate each strategy on the same events, scoring after the tuning slice."""
+    """Evaluate each strategy on the same events, scoring after the tuning slice. A repeat
+    variant and its plain model (``online_mf`` and ``online_mf_plain``, ``batch_6h_repeat``
+    and ``batch_6h``) share one pass: the model learns once and is ranked both ways, which
+    gives the same figures as two runs (tests/unit/test_strategies.py) in half the time."""
     cutoff = tuning_cutoff(events, args.tune_fraction)
-    reports, kept = {}, {}
+    common: dict[str, Any] = {
+        "k": args.k,
+        "batch": args.batch,
+        "score_actions": args.score_actions,
+        "exclude_seen": exclude,
+        "score_from_ts": cutoff,
+    }
+    paired = {_plain_of(n): n for n in made if _plain_of(n) in made and _selected(args, n)}
+    reports: dict[str, PrequentialReport] = {}
+    kept: dict[str, Strategy] = {}
     for name, make in made.items():
-        if not _selected(args, name):
-            continue
+        if not _selected(args, name) or name in paired:
+            continue  # not asked for, or ranked in its repeat variant's pass
         strategy = make()
-        reports[name] = evaluate(
-            strategy,
-            events,
-            k=args.k,
-            batch=args.batch,
-            score_actions=args.score_actions,
-            exclude_seen=exclude,
-            score_from_ts=cutoff,
-        )
-        kept[name] = strategy
-        m = reports[name].metrics()
-        say(f"{name}: hr@{args.k} {m[f'hr@{args.k}']:.4f} in {reports[name].seconds:.0f} s")
+        plain = _plain_of(name)
+        if isinstance(strategy, RepeatAwareStrategy) and paired.get(plain) == name:
+            terms = [RepeatTerm(), strategy.term]
+            lister = functools.partial(strategy.recommend_terms, terms=terms)
+            pair = evaluate_variants(strategy, lister, [plain, name], events, **common)
+            reports[plain], reports[name] = pair
+            kept[plain] = kept[name] = strategy
+        else:
+            reports[name] = evaluate(strategy, events, **common)
+            kept[name] = strategy
+        for done in (plain, name) if plain in paired else (name,):
+            m = reports[done].metrics()
+            say(f"{done}: hr@{args.k} {m[f'hr@{args.k}']:.4f} in {reports[done].seconds:.0f} s")
     return reports, kept
+
+
+def _plain_of(name: str) -> str:
+    """The plain model a repeat variant is ranked against ("" for other strategies)."""
+    if name == "online_mf":
+        return "online_mf_plain"
+    return name.removesuffix("_repeat") if name.endswith("_repeat") else ""
 
 
 def flatten(
