@@ -128,6 +128,7 @@ def state_parts(state: UserState) -> dict[str, int]:
         "categories": len(orjson.dumps(f.categories)),
         "windows": len(orjson.dumps(f.to_dict()["buckets"])),
         "context": len(orjson.dumps(state.context.to_list())),
+        "repeats": len(orjson.dumps(f.repeats.to_list())) if f.repeats.entries else 0,
         "vector": 0 if state.vector is None else 4 * len(state.vector),
     }
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from connectors.redis_lists import RecList, encode_rec_list
-from flink_jobs.user_state import UserState
+from flink_jobs.user_state import UserState, repeat_term
 from flywheel.settings import Settings
 from online_models.candidates import ClusteredIndex
 from online_models.item_table import ItemTable
+from online_models.repeat_term import rank_with_repeats
 from online_models.topn import top_n
 
 __all__ = ["DirtyUser", "RefreshQueue", "build_lists", "make_index"]
@@ -108,6 +109,9 @@ def _features_view(state: UserState) -> dict[str, object]:
         "purchased": f.purchased,
         "cart": f.cart,
     }
+    if f.repeats.entries:  # the repeat term's counts, as the refresh reads them
+        names, counts = f.repeats.counts()
+        view["repeats"] = {item: round(c, 4) for item, c in zip(names, counts, strict=True)}
     if state.vector is not None:
         view["factors"] = state.vector.tolist()
     return view
@@ -131,8 +135,9 @@ def build_lists(
     served: dict[str, list[tuple[str, float]]] | None = None,
 ) -> list[tuple[str, str, bytes]]:
     """``(user, strategy, list JSON)`` for every user in ``batch``: one retrieval for all warm
-    users (exact, or through ``index`` when the settings select it for this catalogue size);
-    cold users (fewer than ``cold_user_events`` events) get ``trending``. When given,
+    users (exact, or through ``index`` when the settings select it for this catalogue size),
+    the repeat term added to each user's counted items (:func:`_ranked`); cold users (fewer
+    than ``cold_user_events`` events) get ``trending``. When given,
     ``served`` receives each user's ranked ``(item, score)`` list (the live quality test)."""
     now = int(time.time() * 1000)
     warm = [
@@ -146,9 +151,10 @@ def build_lists(
         exclude = [
             [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
         ]
-        rows, scores = _retrieve(vectors, items, exclude, settings, index)
+        ranked_rows = _ranked(batch, warm, vectors, items, exclude, settings, index)
         ids = items.ids
-        for user, user_rows, user_scores in zip(warm, rows, np.round(scores, 5), strict=True):
+        for user, (user_rows, raw_scores) in zip(warm, ranked_rows, strict=True):
+            user_scores = np.round(raw_scores, 5)
             kept = user_scores != -np.inf
             ranked = list(
                 zip(
@@ -175,6 +181,34 @@ def uses_index(settings: Settings, n_items: int) -> bool:
     if settings.topn_index == "auto":
         return n_items >= settings.ann_min_items
     return settings.topn_index == "clustered"
+
+
+def _ranked(
+    batch: dict[str, DirtyUser],
+    warm: list[str],
+    vectors: np.ndarray,
+    items: ItemTable,
+    exclude: list[list[int]],
+    settings: Settings,
+    index: ClusteredIndex | None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each warm user's best rows and scores: the model score, plus the repeat term on the
+    user's counted items when it is on (one retrieval for the batch either way)."""
+    term = repeat_term(settings)
+    if not term.active:
+        rows, scores = _retrieve(vectors, items, exclude, settings, index)
+        return list(zip(rows, scores, strict=True))
+    counted = []
+    for user, skip in zip(warm, exclude, strict=True):
+        names, values = term.values(batch[user].state.features.repeats)
+        found = [items.index.get(name, -1) for name in names]
+        excluded = set(skip)
+        keep = [j for j, row in enumerate(found) if row >= 0 and row not in excluded]
+        counted.append((np.asarray(found, np.int64)[keep], values[keep]))
+    return rank_with_repeats(
+        vectors, items.factors, items.bias, counted, exclude, settings.top_n, term,
+        lambda v, skip: _retrieve(v, items, skip, settings, index),
+    )  # fmt: skip
 
 
 def _retrieve(

@@ -5,6 +5,8 @@ One ``ValueState[bytes]`` per user holds: the windowed features
 user's last ``dedupe_window`` events (to drop duplicates), the number of accepted events and
 the user's last ``neighbour_context`` distinct items with time and weight
 (:class:`~online_models.neighbours.ItemContext`, for the item-to-item lists).
+The features include the user's per-item counts for the repeat term of the personal score
+(``repeat_items_max`` items, kept only while the term is on: :func:`repeat_term`).
 The value is ``<u32 header length><JSON header><float32 factors>``: one state read and one
 write per event. Its size is bounded by the feature bounds plus ``4 * n_factors`` bytes, and it
 expires after ``state_ttl_s`` without writes (Flink state TTL).
@@ -21,8 +23,10 @@ import orjson
 from flywheel.settings import Settings
 from online_models.features import UserFeatures
 from online_models.neighbours import ItemContext
+from online_models.repeat_counts import repeat_units
+from online_models.repeat_term import RepeatTerm
 
-__all__ = ["UserState", "decode_state", "encode_state", "new_features"]
+__all__ = ["UserState", "decode_state", "encode_state", "new_features", "repeat_term"]
 
 _LEN = struct.Struct("<I")
 
@@ -47,6 +51,16 @@ def new_features(settings: Settings) -> UserFeatures:
         purchased_max=settings.purchased_max,
         categories_max=settings.categories_max,
         cart_max=settings.cart_items_max,
+        repeat_items_max=settings.repeat_items_max if repeat_term(settings).active else 0,
+        repeat_half_life_s=settings.repeat_half_life_s,
+        repeat_units=repeat_units(settings.action_weights),
+    )
+
+
+def repeat_term(settings: Settings) -> RepeatTerm:
+    """The repeat term of the personal score (all zero: off, and no counts are kept)."""
+    return RepeatTerm(
+        settings.repeat_weight, settings.repeat_offset, settings.repeat_discovery_slots
     )
 
 

@@ -106,6 +106,23 @@ class Settings(BaseSettings):
     ann_refresh_s: float = Field(30.0, gt=0, description="clustered index reassignment period")
     blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per job process")
 
+    # --- repeat ("buy it again") term of the personal score ------------------------------
+    repeat_weight: float = Field(
+        4.0, ge=0, le=100, description="weight of log(1 + count) of the user's own items, 0 = off"
+    )
+    repeat_offset: float = Field(
+        -3.0, ge=-100, le=100, description="added to the score of each item the user has a count of"
+    )
+    repeat_discovery_slots: int = Field(
+        0, ge=0, le=1000, description="places of a list kept for items new to the user"
+    )
+    repeat_half_life_s: float = Field(
+        2_592_000.0, ge=0, description="half-life of the counts in event time, 0 = no decay"
+    )
+    repeat_items_max: int = Field(
+        200, ge=0, le=10_000, description="items counted per user (least recent dropped)"
+    )
+
     # --- item-to-item lists (product and cart scenes) ------------------------------------
     neighbour_context: int = Field(
         5, ge=0, le=50, description="distinct recent items paired with each event, 0 = off"

@@ -11,6 +11,9 @@ State kept per user (all bounded):
   least-counted category is evicted), the ``recent_max`` most recent items (newest last) and
   the ``purchased_max`` most recently purchased distinct items, and the ``cart_max`` items most
   recently added to the cart and not purchased since (``cart``, newest last).
+- ``repeats``: the user's interaction count per item for the repeat ("buy it again") term of
+  the personal score (:class:`~online_models.repeat_counts.RepeatCounts`: at most
+  ``repeat_items_max`` items, each action adding its ``repeat_units`` value; off when 0).
 
 Impressions (lists shown) are counted in the totals and windows but are not shopper choices:
 they do not enter ``recent``, the category counts, or the cart/purchase lists.
@@ -24,7 +27,10 @@ counted in the bucket their own timestamp falls into.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from online_models.repeat_counts import RepeatCounts
 
 __all__ = ["BUCKETS", "UserFeatures"]
 
@@ -60,6 +66,8 @@ class UserFeatures:
         "purchased_max",
         "recent",
         "recent_max",
+        "repeat_units",
+        "repeats",
         "totals",
         "windows_s",
     )
@@ -72,6 +80,9 @@ class UserFeatures:
         purchased_max: int = 500,
         categories_max: int = 50,
         cart_max: int = 20,
+        repeat_items_max: int = 0,
+        repeat_half_life_s: float = 0.0,
+        repeat_units: Mapping[str, float] | None = None,
     ):
         self.windows_s = windows_s
         self.out_of_orderness_ms = out_of_orderness_ms
@@ -86,6 +97,8 @@ class UserFeatures:
         self.recent: list[str] = []
         self.purchased: list[str] = []
         self.cart: list[str] = []
+        self.repeats = RepeatCounts(repeat_items_max, repeat_half_life_s)
+        self.repeat_units = dict(repeat_units or {})
         # window seconds -> {bucket start ms: {action: count}}
         self.buckets: dict[int, dict[int, dict[str, int]]] = {w: {} for w in windows_s}
 
@@ -100,6 +113,9 @@ class UserFeatures:
             if category:
                 self._count_category(category)
             self._remember(item, action)
+            unit = self.repeat_units.get(action, 0.0)
+            if unit > 0 and self.repeats.max_items:
+                self.repeats.add(item, unit, ts)
         on_time = ts >= self.max_ts - self.out_of_orderness_ms
         if not on_time:
             self.late += 1
@@ -157,7 +173,7 @@ class UserFeatures:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state (also what the inspection CLI shows, with ``windows`` added)."""
-        return {
+        state = {
             "max_ts": self.max_ts,
             "late": self.late,
             "totals": self.totals,
@@ -167,6 +183,9 @@ class UserFeatures:
             "cart": self.cart,
             "buckets": {str(w): {str(s): c for s, c in b.items()} for w, b in self.buckets.items()},
         }
+        if self.repeats.entries:  # only with the repeat term on
+            state["repeats"] = self.repeats.to_list()
+        return state
 
     def load(self, state: dict[str, Any]) -> UserFeatures:
         """Restore from :meth:`to_dict` output (windows not in the settings are dropped)."""
@@ -177,6 +196,8 @@ class UserFeatures:
         self.recent = state["recent"]
         self.purchased = state["purchased"]
         self.cart = state.get("cart", [])[-self.cart_max :]  # absent in older state
+        if self.repeats.max_items:  # absent in older state, and while the term is off
+            self.repeats.load(state.get("repeats", []))
         saved = state["buckets"]
         self.buckets = {
             w: {int(s): c for s, c in saved.get(str(w), {}).items()} for w in self.windows_s

@@ -1,0 +1,148 @@
+"""The job's list refresh ranks with the repeat term exactly as the benchmarked strategy does,
+honours the purchased-items exclusion, and a zero term is the plain model."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from connectors.datasets import SyntheticShop
+from flink_jobs.refresh import DirtyUser, build_lists
+from flink_jobs.user_state import UserState, decode_state, encode_state
+from flywheel.settings import Settings, load_settings
+from online_models.implicit_mf import ImplicitMF
+from online_models.repeat_aware import RepeatAwareStrategy
+from online_models.repeat_term import RepeatTerm
+from online_models.strategies import OnlineMFStrategy
+
+REPEAT = {
+    "repeat_weight": 2.0,
+    "repeat_offset": -1.0,
+    "repeat_discovery_slots": 2,
+    "repeat_half_life_s": 86_400.0,
+    "repeat_items_max": 40,
+}
+
+
+def _settings(**overrides: object) -> Settings:
+    base = {"n_factors": 8, "top_n": 10, "cold_user_events": 1, "topn_index": "exact"}
+    return load_settings(**{**base, **REPEAT, **overrides})
+
+
+def _stream() -> list[dict]:
+    shop = SyntheticShop(n_users=30, n_items=150, n_categories=6, seed=2, rate_per_s=1 / 600)
+    return list(shop.events(3000))
+
+
+def _job_side(events: list[dict], settings: Settings) -> tuple[dict[str, UserState], ImplicitMF]:
+    """The keyed operator's per-event steps (features, one MF step), without Flink."""
+    model = ImplicitMF(
+        n_factors=settings.n_factors, learning_rate=settings.learning_rate, l2=settings.l2,
+        n_negatives=settings.n_negatives, action_weights=settings.action_weights,
+        init_std=settings.init_std, seed=settings.seed,
+    )  # fmt: skip
+    states: dict[str, UserState] = {}
+    for e in events:
+        user, item, action, ts = e["user_id"], e["item_id"], e["action"], e["ts"]
+        state = states.setdefault(user, decode_state(None, settings))
+        state.n_events += 1
+        state.features.add(item, action, ts, e.get("category", ""))
+        weight = model.weight_of(action)
+        if weight > 0:
+            if state.vector is None:
+                state.vector = model.new_user_vector(user)
+            model.update(state.vector, item, weight, f"{user}\x1f{item}\x1f{ts}")
+    # through the byte encoding, as the operator reads the state back
+    return {u: decode_state(encode_state(s), settings) for u, s in states.items()}, model
+
+
+def _strategy_side(events: list[dict], settings: Settings) -> RepeatAwareStrategy:
+    base = OnlineMFStrategy(
+        n_factors=settings.n_factors, learning_rate=settings.learning_rate, l2=settings.l2,
+        n_negatives=settings.n_negatives, action_weights=settings.action_weights,
+        init_std=settings.init_std, seed=settings.seed,
+    )  # fmt: skip
+    term = RepeatTerm(
+        settings.repeat_weight, settings.repeat_offset, settings.repeat_discovery_slots
+    )
+    strategy = RepeatAwareStrategy(
+        base, term, settings.repeat_items_max, settings.repeat_half_life_s,
+        settings.action_weights,
+    )  # fmt: skip
+    for e in events:
+        strategy.learn(e["user_id"], e["item_id"], e["action"], e["ts"])
+    return strategy
+
+
+def _job_lists(settings: Settings, states: dict[str, UserState], model: ImplicitMF) -> dict:
+    batch = {u: DirtyUser(s, s.features.max_ts) for u, s in states.items()}
+    out = {}
+    for user, strategy, value in build_lists(batch, model.items, [], settings):
+        assert strategy == "online_mf"
+        out[user] = [item for item, _ in orjson.loads(value)["items"]]
+    return out
+
+
+@pytest.mark.parametrize("exclude_purchased", [False, True])
+def test_job_lists_equal_the_benchmarked_strategy(exclude_purchased: bool) -> None:
+    settings = _settings(exclude_purchased=exclude_purchased)
+    events = _stream()
+    states, model = _job_side(events, settings)
+    strategy = _strategy_side(events, settings)
+    users = sorted(states)
+    job = _job_lists(settings, states, model)
+    skip = [set(states[u].features.purchased) if exclude_purchased else set() for u in users]
+    expected = strategy.recommend(users, settings.top_n, skip)
+    assert [job[u] for u in users] == expected
+    for user, items in zip(users, expected, strict=True):
+        counted = set(strategy.counts[user].entries)
+        assert len(set(items) - counted) >= settings.repeat_discovery_slots
+        if exclude_purchased:
+            assert not set(items) & set(states[user].features.purchased)
+
+
+@pytest.mark.parametrize(("offset", "more_owned"), [(0.0, True), (-3.0, False)])
+def test_offset_moves_lists_towards_or_away_from_the_users_own_items(
+    offset: float, more_owned: bool
+) -> None:
+    settings = _settings(exclude_purchased=False, repeat_offset=offset, repeat_discovery_slots=0)
+    events = _stream()
+    states, model = _job_side(events, settings)
+    strategy = _strategy_side(events, settings)
+    users = sorted(states)
+    job = _job_lists(settings, states, model)
+    plain = strategy.base.recommend(users, settings.top_n)
+    owned = [set(strategy.counts[u].entries) for u in users]
+    with_term = sum(len(set(job[u]) & o) for u, o in zip(users, owned, strict=True))
+    without = sum(len(set(p) & o) for p, o in zip(plain, owned, strict=True))
+    assert (with_term > without) is more_owned, (with_term, without)
+
+
+def test_zero_term_is_the_plain_model_and_keeps_no_counts() -> None:
+    off = _settings(
+        repeat_weight=0.0, repeat_offset=0.0, repeat_discovery_slots=0, exclude_purchased=False
+    )
+    events = _stream()
+    states, model = _job_side(events, off)
+    assert all(len(s.features.repeats) == 0 for s in states.values())
+    assert all("repeats" not in s.features.to_dict() for s in states.values())
+    job = _job_lists(off, states, model)
+    plain = OnlineMFStrategy(
+        n_factors=off.n_factors, action_weights=off.action_weights, seed=off.seed
+    )
+    for e in events:
+        plain.learn(e["user_id"], e["item_id"], e["action"], e["ts"])
+    users = sorted(states)
+    assert [job[u] for u in users] == plain.recommend(users, off.top_n)
+
+
+def test_features_view_shows_the_counts_the_refresh_reads() -> None:
+    settings = _settings(repeat_half_life_s=0.0)
+    state = decode_state(None, settings)
+    for action in ("purchase", "purchase", "add_to_cart", "impression"):
+        state.features.add("milk", action, 1_700_000_000_000, "dairy")
+    state.features.add("tea", "view", 1_700_000_000_000, "")
+    view = DirtyUser(state, 0).features()
+    assert view["repeats"] == {"milk": 2.5, "tea": 0.125}  # purchase 1, cart 0.5, view 0.125
+    back = decode_state(encode_state(state), settings)
+    assert back.features.repeats.counts() == state.features.repeats.counts()
