@@ -23,11 +23,23 @@ event.
 State (keyed by item, Flink ``ValueState[bytes]`` with TTL ``neighbour_state_ttl_s`` refreshed
 on every write): the item's ``NeighbourCounts`` as JSON, at most ``2 * neighbour_max``
 neighbours. Processing-time timers (one per queued item, aligned to the batch's due time) are
-Flink state too. In memory only: the write queue (items whose list is due, with a snapshot of
-their counts), bounded by the items touched within one ``neighbour_flush_ms`` interval (or
-``_MAX_BATCH_ITEMS``). After a restore the counts come back exactly with the checkpoint; a
-restored timer whose item is not in the (lost) queue re-reads the item's state and queues it,
-so no list write is lost; lists are whole-value overwrites, so a repeated write is harmless.
+Flink state too. In memory only, each bounded: the write queue (items whose list is due, with
+their counts), at most the items touched within one ``neighbour_flush_ms`` interval (or
+``_MAX_BATCH_ITEMS``); the decoded counts of the ``_DECODED_ITEMS`` most recently updated
+items (:class:`~flink_jobs.state_cache.DecodedCache`: reused only while Flink's bytes are
+the ones this operator wrote, so state is not parsed again per event); the
+:class:`~online_models.neighbours.ListMark` of the last list written for each of at most
+``_MARKED_ITEMS`` items.
+
+Writing only what changed. An event whose item is not queued is tested against the mark of
+the item's last written list (:meth:`NeighbourCounts.add`, one division per context item):
+when no context item can reach the list and its scores moved by at most 5 %, the list in
+Redis is still right, and the item is neither queued, timed, ranked nor written. An item
+without a mark (never written by this process, evicted, or after a restore) is always
+queued. After a restore the counts come back exactly with the checkpoint; a restored timer
+whose item is not in the (lost) queue re-reads the item's state and queues it, so no list
+write is lost; lists are whole-value overwrites, so a repeated write is harmless. A list
+left unchanged keeps the ``event_ts`` of its last write.
 """
 
 from __future__ import annotations
@@ -43,10 +55,11 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_list_suffix
+from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
-from online_models.neighbours import ItemContext, NeighbourCounts
+from online_models.neighbours import ItemContext, ListMark, NeighbourCounts
 
 __all__ = [
     "CONTEXT_TYPE",
@@ -62,6 +75,8 @@ __all__ = [
 CONTEXT_TYPE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.DOUBLE(), Types.STRING()])
 ITEM_CONTEXT = OutputTag("item-context", CONTEXT_TYPE)
 _MAX_BATCH_ITEMS = 1024
+_DECODED_ITEMS = 2000  # a full item (200 neighbours) decodes to ~40 kB of Python objects
+_MARKED_ITEMS = 200_000  # ~150 bytes each
 STRATEGY = "cooccurrence"
 
 
@@ -100,7 +115,8 @@ def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:
 
 
 class ListQueue:
-    """Items whose list is due, each with a snapshot of its counts; one batch at a time.
+    """Items whose list is due, each with its counts; one batch at a time. Also the
+    :class:`ListMark` of the last list written for each of at most ``max_marks`` items.
 
     A batch opens when the first item is marked into an empty queue and is due
     ``interval_ms`` later (at once when it holds ``max_items``); items marked meanwhile join
@@ -113,11 +129,14 @@ class ListQueue:
     (['a'], {}, {'a'})
     """
 
-    def __init__(self, interval_ms: int, max_items: int = _MAX_BATCH_ITEMS) -> None:
-        self.interval_ms, self.max_items = interval_ms, max_items
+    def __init__(
+        self, interval_ms: int, max_items: int = _MAX_BATCH_ITEMS, max_marks: int = _MARKED_ITEMS
+    ) -> None:
+        self.interval_ms, self.max_items, self.max_marks = interval_ms, max_items, max_marks
         self.dirty: dict[str, NeighbourCounts] = {}
         self.last_flushed: set[str] = set()
         self.due_at: int | None = None
+        self._marks: dict[str, ListMark] = {}
 
     def mark(self, item: str, counts: NeighbourCounts, now_ms: int) -> int:
         """Queue ``item`` with ``counts`` (replacing an older snapshot); when the batch is due."""
@@ -139,6 +158,17 @@ class ListQueue:
         self.due_at = None
         return batch
 
+    def written(self, item: str, mark: ListMark) -> None:
+        """Remember the mark of the list just written for ``item`` (oldest marks go first)."""
+        self._marks.pop(item, None)
+        self._marks[item] = mark
+        if len(self._marks) > self.max_marks:
+            del self._marks[next(iter(self._marks))]
+
+    def written_mark(self, item: str) -> ListMark | None:
+        """The mark of ``item``'s last written list, if remembered."""
+        return self._marks.get(item)
+
 
 class ItemNeighbours(KeyedProcessFunction):
     """Keyed by item: learns each item-context record and keeps the item's list fresh."""
@@ -150,6 +180,7 @@ class ItemNeighbours(KeyedProcessFunction):
         s = self.settings
         self.state = runtime_context.get_state(bytes_state("neighbours", s.neighbour_state_ttl_s))
         self.queue = ListQueue(s.neighbour_flush_ms)
+        self.decoded = DecodedCache(decode_counts, _DECODED_ITEMS)
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
@@ -163,11 +194,18 @@ class ItemNeighbours(KeyedProcessFunction):
 
     def process_element(self, value: tuple[Any, ...], ctx: Any):
         item, ts, weight, context = value
-        counts = decode_counts(self.state.value(), self.settings)
-        counts.add(ts, weight, [(x, w, p) for x, w, p in orjson.loads(context)])
-        self.state.update(encode_counts(counts))
+        raw = self.state.value()
+        counts = self.decoded.take(item, raw, self.settings)
+        pairs = [(x, w, p) for x, w, p in orjson.loads(context)]
+        stale = counts.add(ts, weight, pairs, self.queue.written_mark(item))
+        raw = encode_counts(counts)
+        self.state.update(raw)
+        self.decoded.put(item, raw, counts)
         self.metrics.neighbour_updates.inc()
-        self._queue(item, counts, ctx)
+        if stale or item in self.queue.dirty:
+            self._queue(item, counts, ctx)
+        elif self.queue.is_due(_now_ms()):
+            self._flush()
         yield from ()
 
     def on_timer(self, timestamp: int, ctx: Any):
@@ -193,7 +231,8 @@ class ItemNeighbours(KeyedProcessFunction):
         now, top_n = _now_ms(), self.settings.top_n
         entries = []
         for item, counts in batch.items():
-            ranked = counts.top(top_n)
+            ranked, mark = counts.publish(top_n)
+            self.queue.written(item, mark)
             if ranked:  # an item never seen with another has no list
                 rec = ItemList(item, STRATEGY, counts.now, now, ranked)
                 entries.append((item_list_suffix(item), encode_item_list(rec)))

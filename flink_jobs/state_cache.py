@@ -1,26 +1,68 @@
-"""Decoded user states kept between a user's events, so a state is not parsed again per event.
+"""Decoded states kept between a key's events, so a state is not parsed again per event.
 
-Flink state stays the source of truth: every event still reads the user's bytes from Flink
-and writes new bytes back. The cache only skips *decoding* when the bytes read are exactly
-the bytes this operator wrote last for that user (compared in full), so after a restore, a
-TTL expiry, a rescale or any write elsewhere the state is decoded from Flink's bytes as
-before.
+Used for users (:class:`DecodedStates`) and for items' neighbour counts
+(:mod:`flink_jobs.item_neighbours`). Flink state stays the source of truth: every event
+still reads the key's bytes from Flink and writes new bytes back. The cache only skips
+*decoding* when the bytes read are exactly the bytes this operator wrote last for that key
+(compared in full), so after a restore, a TTL expiry, a rescale or any write elsewhere the
+state is decoded from Flink's bytes as before.
 
-State kept: for at most ``capacity`` users (least recently used first out), the last bytes
-written and the decoded object that produced them. An entry is taken out while its user's
+State kept: for at most ``capacity`` keys (least recently used first out), the last bytes
+written and the decoded object that produced them. An entry is taken out while its key's
 event is processed and put back only after the new bytes were written, so a failure
 half-way through an event can never leave a mutated object behind an old byte string.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
 from flink_jobs.user_state import UserState, decode_state
 from flywheel.settings import Settings
 
-__all__ = ["DecodedStates"]
+__all__ = ["DecodedCache", "DecodedStates"]
+
+T = TypeVar("T")
 
 
-class DecodedStates:
+class DecodedCache(Generic[T]):
+    """Least-recently-used decoded values by key; ``decode(raw, settings)`` makes a value from
+    Flink's bytes (``None``: no state yet)."""
+
+    def __init__(self, decode: Callable[[bytes | None, Settings], T], capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
+        self.decode = decode
+        self.capacity = capacity
+        self.hits = 0
+        self._entries: dict[str, tuple[bytes, T]] = {}
+
+    def take(self, key: str, raw: bytes | None, settings: Settings) -> T:
+        """The value encoded by ``raw``, reused when it is the one last put for ``key``."""
+        entry = self._entries.pop(key, None)
+        if entry is not None and raw is not None and entry[0] == raw:
+            self.hits += 1
+            return entry[1]
+        return self.decode(raw, settings)
+
+    def put(self, key: str, raw: bytes, value: T) -> None:
+        """Remember that ``value`` is what ``raw`` (just written to Flink state) encodes."""
+        if not self.capacity:
+            return
+        self._entries[key] = (raw, value)
+        if len(self._entries) > self.capacity:
+            del self._entries[next(iter(self._entries))]
+
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (its Flink state was cleared)."""
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class DecodedStates(DecodedCache[UserState]):
     """Least-recently-used decoded states by user.
 
     >>> from flink_jobs.user_state import encode_state
@@ -44,31 +86,4 @@ class DecodedStates:
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
-        if capacity < 0:
-            raise ValueError("capacity must be >= 0")
-        self.capacity = capacity
-        self.hits = 0
-        self._entries: dict[str, tuple[bytes, UserState]] = {}
-
-    def take(self, user: str, raw: bytes | None, settings: Settings) -> UserState:
-        """The state encoded by ``raw``, reused when it is the one last put for ``user``."""
-        entry = self._entries.pop(user, None)
-        if entry is not None and raw is not None and entry[0] == raw:
-            self.hits += 1
-            return entry[1]
-        return decode_state(raw, settings)
-
-    def put(self, user: str, raw: bytes, state: UserState) -> None:
-        """Remember that ``state`` is what ``raw`` (just written to Flink state) encodes."""
-        if not self.capacity:
-            return
-        self._entries[user] = (raw, state)
-        if len(self._entries) > self.capacity:
-            del self._entries[next(iter(self._entries))]
-
-    def drop(self, user: str) -> None:
-        """Forget ``user`` (its Flink state was cleared)."""
-        self._entries.pop(user, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(decode_state, capacity)

@@ -19,6 +19,18 @@ scores ``x`` by ``c(x) / sqrt(max(n, 1) * max(p(x), 1))``: a cosine-like normali
 item everybody touches (large ``p``) does not top every list, and scores of different items'
 lists are comparable (a cart merges several).
 
+Cheap "did the list change?" test. The order of ``x`` on ``y``'s list depends only on
+``r(x) = c(x) / sqrt(max(p(x), 1))``: the own weight ``n`` and the decay scale every score of
+the list by one common factor. An event changes ``r`` only for the items of its context. So
+:meth:`NeighbourCounts.publish` returns, with the ranked list, a :class:`ListMark`: the ``r``
+of the list's last (``k``-th) entry and the common factor. :meth:`NeighbourCounts.add` given
+that mark answers whether the published list may now be out of date: some context item's
+``r`` is (or was, before the update) at least the mark's threshold, a pruning dropped
+neighbours, or the common factor moved by more than ``SCALE_TOLERANCE`` (5 %). Otherwise the
+published list still holds the right items in the right order with scores within 5 %, and
+the caller need not rank and write it again. A list shorter than ``k`` changes with any
+context item. The test costs one division per context item.
+
 Memory bound (eviction rule): an item keeps at most ``2 * max_neighbours`` neighbours. When
 one more arrives, the ``max_neighbours`` with the largest decayed pair weight are kept and the
 rest dropped (ties: smaller item id kept), so pruning costs ``O(max_neighbours log
@@ -33,11 +45,15 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ItemContext", "NeighbourCounts"]
+__all__ = ["SCALE_TOLERANCE", "ItemContext", "ListMark", "NeighbourCounts"]
 
 _RESCALE_HALF_LIVES = 32.0
+SCALE_TOLERANCE = 0.05
+"""Largest relative drift of a published list's scores before :meth:`NeighbourCounts.add`
+reports it out of date although its order did not change."""
 
 
 class ItemContext:
@@ -89,14 +105,29 @@ class ItemContext:
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class ListMark:
+    """What a published list of one item depends on (see :meth:`NeighbourCounts.publish`).
+
+    ``landmark``: the time the counts' stored values were relative to; ``threshold``: the
+    ranking value ``r`` of the list's last entry (``-inf`` when the list is shorter than asked,
+    so every context item changes it); ``scale``: the common factor of its scores.
+    """
+
+    landmark: int | None
+    threshold: float
+    scale: float
+
+
 class NeighbourCounts:
     """Decayed co-occurrence weights of one item with its neighbours, bounded.
 
     >>> nb = NeighbourCounts(max_neighbours=2, half_life_s=3600)
-    >>> nb.add(0, 1.0, [("a", 1.0, 10.0), ("b", 1.0, 1.0)])
+    >>> nb.add(0, 1.0, [("a", 1.0, 10.0), ("b", 1.0, 1.0)])   # no list published yet
+    True
     >>> nb.top(2)   # same evidence: the less popular neighbour scores higher
     [('b', 1.0), ('a', 0.31623)]
-    >>> nb.add(3_600_000, 1.0, [("a", 1.0, 0.0)])   # one half-life later; 0 = popularity unknown
+    >>> _ = nb.add(3_600_000, 1.0, [("a", 1.0, 0.0)])   # one half-life later; 0 = unknown
     >>> nb.decayed("a"), nb.decayed("b")
     (1.5, 0.5)
     """
@@ -113,9 +144,19 @@ class NeighbourCounts:
         self.n = 0.0  # decayed weight of the item's own events, in landmark units
         self.counts: dict[str, list[float]] = {}  # x -> [pair weight in landmark units, p(x)]
 
-    def add(self, ts: int, weight: float, context: Iterable[tuple[str, float, float]]) -> None:
+    def add(
+        self,
+        ts: int,
+        weight: float,
+        context: Iterable[tuple[str, float, float]],
+        mark: ListMark | None = None,
+    ) -> bool:
         """One event of weight ``weight`` on this item at ``ts`` with its context
-        ``(x, pair weight, popularity of x or 0 when unknown)``."""
+        ``(x, pair weight, popularity of x or 0 when unknown)``.
+
+        Returns whether the list published with ``mark`` may be out of date now (always
+        True without a mark; see the module docstring).
+        """
         if self.landmark is None:
             self.landmark = ts
         elif (ts - self.landmark) / self.half_life_ms > _RESCALE_HALF_LIVES:
@@ -123,17 +164,25 @@ class NeighbourCounts:
         self.now = max(self.now, ts)
         grow = 2.0 ** ((ts - self.landmark) / self.half_life_ms)
         self.n += weight * grow
+        stale = mark is None or mark.landmark != self.landmark
+        threshold = math.inf if mark is None else mark.threshold
         counts = self.counts
         for other, pair_weight, popularity in context:
             entry = counts.get(other)
             if entry is None:
-                counts[other] = [pair_weight * grow, float(popularity)]
-                continue
-            entry[0] += pair_weight * grow
-            if popularity > 0:
-                entry[1] = float(popularity)
+                entry = counts[other] = [pair_weight * grow, float(popularity)]
+            else:
+                stale = stale or _rank(entry) >= threshold  # on the list before
+                entry[0] += pair_weight * grow
+                if popularity > 0:
+                    entry[1] = float(popularity)
+            stale = stale or _rank(entry) >= threshold  # on the list now
         if len(counts) > 2 * self.max_neighbours:
             self._prune()
+            stale = True
+        if not stale and counts and mark is not None:  # no neighbours: no scores to drift
+            stale = abs(self.scale() / mark.scale - 1.0) > SCALE_TOLERANCE
+        return stale
 
     def decayed(self, other: str) -> float:
         """The pair weight of ``other`` decayed to the latest event time (0 when unknown)."""
@@ -142,14 +191,34 @@ class NeighbourCounts:
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` best neighbours with their normalised scores (5 decimals), best first."""
-        factor = self._factor()
-        own = max(self.n * factor, 1.0)
-        scored = (
-            (other, pair * factor / math.sqrt(own * max(popularity, 1.0)))
-            for other, (pair, popularity) in self.counts.items()
+        return self.publish(k)[0]
+
+    def publish(self, k: int) -> tuple[list[tuple[str, float]], ListMark]:
+        """:meth:`top` and the :class:`ListMark` to pass to :meth:`add` afterwards.
+
+        >>> nb = NeighbourCounts(half_life_s=3600)
+        >>> nb.add(0, 1.0, [("a", 2.0, 1.0), ("b", 1.0, 1.0)])
+        True
+        >>> ranked, mark = nb.publish(1)
+        >>> ranked, mark.threshold
+        ([('a', 2.0)], 2.0)
+        >>> nb.add(1, 0.0, [("c", 1.0, 4.0)], mark)   # r(c) = 0.5 < 2: a stays first
+        False
+        >>> nb.add(2, 0.0, [("b", 1.5, 1.0)], mark)   # r(b) = 2.5 >= 2: b overtakes a
+        True
+        """
+        scale = self.scale()
+        ranked = heapq.nsmallest(
+            k, ((-_rank(entry), other) for other, entry in self.counts.items())
         )
-        best = heapq.nsmallest(k, scored, key=lambda kv: (-kv[1], kv[0]))
-        return [(other, round(score, 5)) for other, score in best]
+        threshold = -ranked[-1][0] if ranked and len(ranked) == k else -math.inf
+        items = [(other, round(-r * scale, 5)) for r, other in ranked]
+        return items, ListMark(self.landmark, threshold, scale)
+
+    def scale(self) -> float:
+        """The factor from a neighbour's ranking value ``r`` to its score."""
+        factor = self._factor()
+        return factor / math.sqrt(max(self.n * factor, 1.0))
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -185,3 +254,9 @@ class NeighbourCounts:
             self.max_neighbours, self.counts.items(), key=lambda kv: (-kv[1][0], kv[0])
         )
         self.counts = dict(keep)
+
+
+def _rank(entry: list[float]) -> float:
+    """Ranking value ``r`` of a ``[pair weight, popularity]`` entry (landmark units)."""
+    pair, popularity = entry
+    return pair / math.sqrt(popularity) if popularity > 1.0 else pair

@@ -184,6 +184,15 @@ def test_shoppers_viewing_a_then_b_put_a_on_bs_list(running_job: RunningJob) -> 
     assert similar is not None and similar.item == b and similar.strategy == "cooccurrence"
     assert [item for item, _ in similar.items] == [a, noise], "8 co-views outrank 1"
 
+    late = f"nb-late-{tag}"  # a written list is rewritten when a new co-occurrence changes it
+    with running_job.producer() as producer:
+        producer.send(_event(f"nb-viewer-{tag}-y", late, "view"))
+        producer.send(_event(f"nb-viewer-{tag}-y", b, "view"))
+    running_job.wait_for(lambda: len(getattr(reader.similar(b), "items", ())) == 3)
+    similar = reader.similar(b)
+    assert similar is not None and similar.items[0][0] == a
+    assert {item for item, _ in similar.items} == {a, noise, late}
+
     shopper = f"nb-cart-{tag}"
     with running_job.producer() as producer:
         producer.send(_event(shopper, b, "add_to_cart"))

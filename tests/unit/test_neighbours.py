@@ -148,3 +148,87 @@ def test_the_write_queue_coalesces_items_into_one_batch_per_interval() -> None:
     queue.mark("b", first, now_ms=1201)
     queue.mark("c", first, now_ms=1202)
     assert queue.is_due(1203), "a full batch is due at once"
+
+
+Context = list[tuple[str, float, float]]
+
+
+def _stream(rng: random.Random, steps: int) -> list[tuple[int, float, Context]]:
+    """Events on one item: time, weight, context (a few of 300 items, popularity may change)."""
+    events, ts = [], 0
+    for step in range(steps):
+        ts += rng.choice([1_000, 60_000, HOUR_MS]) if step % 500 else 50 * HOUR_MS  # rescales
+        context = [
+            (f"x{rng.randrange(300)}", rng.choice([0.5, 1.0, 2.0]), float(rng.randrange(0, 60)))
+            for _ in range(rng.randrange(0, 4))
+        ]
+        events.append((ts, rng.choice([0.0, 0.5, 1.0, 4.0]), context))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_update_reported_harmless_leaves_the_written_list_right(seed: int) -> None:
+    rng = random.Random(seed)
+    nb = NeighbourCounts(max_neighbours=30, half_life_s=3600)
+    written, mark = nb.publish(10)
+    rewrites = 0
+    for ts, weight, context in _stream(rng, 3000):
+        if nb.add(ts, weight, context, mark):
+            written, mark = nb.publish(10)
+            rewrites += 1
+            continue
+        now = nb.top(10)
+        assert [x for x, _ in now] == [x for x, _ in written], "same items, same order"
+        for (_, fresh), (_, old) in zip(now, written, strict=True):
+            assert abs(fresh - old) <= 0.05 * old + 1e-5, "scores within 5 % (and rounding)"
+    assert 0 < rewrites < 3000, "some updates are skipped, some are not"
+
+
+def test_a_context_item_reaching_a_full_list_makes_it_stale() -> None:
+    nb = NeighbourCounts(max_neighbours=10, half_life_s=86400)
+    nb.add(0, 1.0, [("a", 3.0, 1.0), ("b", 2.0, 1.0), ("c", 1.0, 1.0)])
+    written, mark = nb.publish(2)
+    assert [x for x, _ in written] == ["a", "b"] and mark.threshold == 2.0
+    assert not nb.add(1, 0.0, [("c", 0.5, 1.0)], mark), "c at 1.5 stays below b"
+    assert nb.add(2, 0.0, [("c", 1.0, 1.0)], mark), "c at 2.5 overtakes b"
+    assert [x for x, _ in nb.top(2)] == ["a", "c"]
+    _, mark = nb.publish(2)
+    assert not nb.add(3, 0.0, [("b", 0.0, 4.0)], mark), "b, off the list, only falls further"
+    assert nb.add(4, 0.0, [("c", 0.0, 400.0)], mark), "c, on the list, falls off it"
+    assert [x for x, _ in nb.top(2)] == ["a", "b"]
+
+
+def test_a_short_list_changes_with_any_neighbour_and_its_scores_with_the_own_weight() -> None:
+    nb = NeighbourCounts(max_neighbours=10, half_life_s=86400)
+    nb.add(0, 1.0, [("a", 1.0, 1.0)])
+    _, mark = nb.publish(5)
+    assert mark.threshold == -math.inf
+    assert nb.add(1, 1.0, [("z", 0.01, 1000.0)], mark), "a new neighbour joins a short list"
+    _, mark = nb.publish(5)
+    assert not nb.add(2, 0.0, [], mark), "nothing changed"
+    stale = [nb.add(3 + i, 0.05, [], mark) for i in range(10)]  # own weight grows: scores fall
+    assert stale[0] is False and stale[-1] is True, "rewritten once the scores moved > 5 %"
+    empty = NeighbourCounts()
+    empty.add(0, 1.0, [])
+    _, mark = empty.publish(5)
+    assert not any(empty.add(i, 1.0, [], mark) for i in range(1, 50)), "no neighbours: no list"
+
+
+def test_the_queue_remembers_a_bounded_number_of_written_lists() -> None:
+    queue = ListQueue(interval_ms=1000, max_marks=2)
+    nb = NeighbourCounts()
+    nb.add(0, 1.0, [("a", 1.0, 1.0)])
+    _, mark = nb.publish(5)
+    for item in ("x", "y", "x", "z"):
+        queue.written(item, mark)
+    assert queue.written_mark("y") is None, "the least recently written is forgotten first"
+    assert queue.written_mark("x") == mark and queue.written_mark("z") == mark
+
+
+def test_pruning_a_listed_neighbour_makes_the_list_stale() -> None:
+    nb = NeighbourCounts(max_neighbours=2, half_life_s=86400)
+    nb.add(0, 1.0, [("niche", 1.0, 1.0)] + [(f"hit{i}", 3.0, 10_000.0) for i in range(3)])
+    written, mark = nb.publish(1)
+    assert written[0][0] == "niche", "little evidence, but a rare item: the best score"
+    assert nb.add(1, 0.0, [("hit3", 3.0, 10_000.0)], mark), "pruning drops the listed niche"
+    assert "niche" not in nb.counts and nb.top(1)[0][0].startswith("hit")
