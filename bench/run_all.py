@@ -3,7 +3,8 @@
 Runs, in this order: the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
 (:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`), the same with the
 item-to-item lists off (``pipeline_core``), the serving benchmark (:mod:`bench.serving`:
-Redis lookups and the API under load), the memory benchmark (:mod:`bench.memory`) and the
+Redis lookups and the API under load), the memory benchmark (:mod:`bench.memory`), the
+TaskManager memory of the running job (:mod:`bench.taskmanager_memory`, ``tm_memory``) and the
 closed-loop shopper simulation (:mod:`bench.closed_loop`, ``flywheel``: 10 minutes,
 ``--quick`` 4). Merges their figures into ``bench/results/latest.json`` (keys this run did
 not recompute are kept), plots freshness against offered load into
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import closed_loop, memory, model, pipeline, retrieval, serving
+from bench import closed_loop, memory, model, pipeline, retrieval, serving, taskmanager_memory
 from bench.common import (
     LATEST,
     RESULTS_DIR,
@@ -35,7 +36,9 @@ from bench.common import (
 
 __all__ = ["main", "plot_freshness"]
 
-BENCHMARKS = ("model", "retrieval", "pipeline", "pipeline_core", "serving", "memory", "flywheel")
+BENCHMARKS = (
+    "model", "retrieval", "pipeline", "pipeline_core", "serving", "memory", "tm_memory", "flywheel"
+)  # fmt: skip
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
 _FRESHNESS_KEY = re.compile(r"^(pipeline|pipeline_core)\.freshness_p(50|99)_ms_at_(\d+)eps$")
 
@@ -136,6 +139,8 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
                     lambda: serving.run(quick=quick, into=new)),
         "memory": ("memory benchmark (Flink state, Redis, item table)",
                    lambda: memory.run(quick=quick, into=new)),
+        "tm_memory": ("TaskManager memory (heap and RSS of the running job per item and user)",
+                      lambda: taskmanager_memory.run(quick=quick, into=new)),
         "flywheel": ("closed loop: simulated shoppers against the API, job and Redis",
                      lambda: new.update(closed_loop.run(quick=quick))),
     }  # fmt: skip

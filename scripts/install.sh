@@ -78,6 +78,8 @@ install_system_packages() {
         missing+=(prometheus)
     fi
     command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+    # jcmd (the JDK's): the TaskManager memory benchmark reads the job's live heap with it
+    command -v jcmd >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
     # headless Chromium and its WebDriver: the web page's end-to-end test drives them
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
