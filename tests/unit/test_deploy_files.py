@@ -14,8 +14,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from deploy.sizing import (
+    REFERENCE,
+    TaskManagerMemory,
+    flink_derived_memory,
+    load_figures,
+    taskmanager_memory,
+)
 from flywheel.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,3 +198,64 @@ def test_grafana_provisioning_matches_the_compose_mounts() -> None:
             f"../../monitoring/grafana/provisioning/{kind}:/etc/grafana/provisioning/{kind}:ro"
             in mounts
         )
+
+
+_MEMORY_KEYS = (
+    "taskmanager.memory.task.heap.size",
+    "taskmanager.memory.task.off-heap.size",
+    "taskmanager.memory.managed.size",
+)
+
+
+def _mib(text: str) -> int:
+    """Bytes of a Flink/Kubernetes size in MiB (``4096m``, ``4096Mi``)."""
+    match = re.fullmatch(r"(\d+)(m|Mi|g|Gi)", str(text).strip())
+    assert match, f"not a size in m/Mi/g/Gi: {text!r}"
+    return int(match.group(1)) << (20 if match.group(2) in ("m", "Mi") else 30)
+
+
+def _taskmanager_configs() -> dict[str, tuple[dict[str, str], int, str]]:
+    """``deploy -> (Flink properties, process size, FLYWHEEL_MAX_ITEMS)`` of compose and k8s."""
+    compose_env = _compose()["services"]["taskmanager"]["environment"]
+    compose = _flink_properties(compose_env["FLINK_PROPERTIES"])
+    (deployment,) = _k8s_kind("FlinkDeployment")
+    k8s = {k: str(v) for k, v in deployment["spec"]["flinkConfiguration"].items()}
+    (settings,) = [d["data"] for d in _k8s_kind("ConfigMap") if "FLYWHEEL_REDIS_URL" in d["data"]]
+    k8s_process = _mib(deployment["spec"]["taskManager"]["resource"]["memory"])
+    return {
+        "compose": (
+            compose,
+            _mib(compose["taskmanager.memory.process.size"]),
+            compose_env["FLYWHEEL_MAX_ITEMS"],
+        ),
+        "k8s": (k8s, k8s_process, settings["FLYWHEEL_MAX_ITEMS"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def needed() -> TaskManagerMemory:
+    """The recipe's TaskManager for the workload the deploy files are sized for."""
+    return taskmanager_memory(REFERENCE, load_figures())
+
+
+def test_taskmanager_memory_holds_the_reference_workload(needed: TaskManagerMemory) -> None:
+    sizes = (needed.task_heap, needed.task_off_heap, needed.managed)
+    wanted = dict(zip(_MEMORY_KEYS, sizes, strict=True))
+    for name, (properties, process, max_items) in _taskmanager_configs().items():
+        assert int(properties["taskmanager.numberOfTaskSlots"]) == REFERENCE.slots, name
+        assert int(max_items) == REFERENCE.items, f"{name}: FLYWHEEL_MAX_ITEMS"
+        for key, size in wanted.items():
+            assert _mib(properties[key]) >= size, f"{name}: {key} below {size >> 20} MiB"
+        assert process >= needed.process, f"{name}: process size below {needed.process >> 20} MiB"
+    compose = _compose()["services"]["jobmanager"]["environment"]
+    assert int(compose["FLYWHEEL_PARALLELISM"]) == REFERENCE.parallelism
+
+
+def test_flink_accepts_the_taskmanager_memory(needed: TaskManagerMemory) -> None:
+    for name, (properties, process, _) in _taskmanager_configs().items():
+        memory = {k: v for k, v in properties.items() if k.startswith("taskmanager.memory.")}
+        derived = flink_derived_memory(
+            {**memory, "taskmanager.memory.process.size": f"{process >> 20}m"}
+        )
+        assert derived["taskmanager.memory.task.heap.size"] >= needed.task_heap, name
+        assert derived["taskmanager.memory.task.off-heap.size"] >= needed.task_off_heap, name
