@@ -78,6 +78,7 @@ BAD_PAYLOADS = {
     "wrong_type": orjson.dumps({**_event("u", "i"), "ts": "yesterday"}),
     "unknown_action": orjson.dumps(_event("u", "i", action="teleport")),
     "bad_timestamp": orjson.dumps({**_event("u", "i"), "ts": 42}),
+    "bad_item_list": orjson.dumps(_event("u", "i", action="impression", item_ids=[])),
 }
 
 
