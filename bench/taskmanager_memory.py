@@ -54,13 +54,12 @@ from bench.common import Results, say
 from bench.memory import _streams, state_at_caps
 from bench.pipeline import _Job, _key_maker, _produce_and_track, _record, _running_job
 from bench.user_data import replay
-from flink_jobs.user_processor import _DECODED_STATES
 from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings, load_settings
 
 __all__ = ["DECODED_STATES_PER_SUBTASK", "MemoryConfig", "run"]
 
-DECODED_STATES_PER_SUBTASK = _DECODED_STATES
+DECODED_STATES_PER_SUBTASK: int = Settings.model_fields["state_cache_users"].default
 ITEM_USERS = 50
 _ACTIONS = ("view", "click", "add_to_cart", "purchase")
 _FUNNEL = (0.6, 0.25, 0.1, 0.05)

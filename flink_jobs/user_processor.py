@@ -67,7 +67,6 @@ EVENT_TYPE = Types.TUPLE(
 ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), BYTES)
 _MAX_UNPUBLISHED = 2048
 _MAX_BATCH_USERS = 1024
-_DECODED_STATES = 20_000  # users whose decoded state is kept between their events
 _TRENDING_EVERY_MS = 1000
 
 
@@ -89,7 +88,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.popularity = WindowedPopularity(s.trending_window_s)
         self.queue = RefreshQueue(s.coalesce_ms, _MAX_BATCH_USERS)
         self.index = make_index(s)
-        self.states = DecodedStates(_DECODED_STATES)
+        self.states = DecodedStates(s.state_cache_users)
         threadpool_limits(s.blas_threads, "blas")  # process-wide: small products, shared cores
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     quality_k: int = Field(
         10, ge=0, le=1000, description="K of the live HR@K / NDCG@K (cut at top_n), 0 = off"
     )
+    state_cache_users: int = Field(
+        20_000, ge=0, description="users whose decoded state each subtask keeps between events"
+    )
     quality_users_max: int = Field(
         100_000, ge=0, description="users whose last top-K list is kept in memory per subtask"
     )
