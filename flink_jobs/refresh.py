@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -151,10 +152,9 @@ def build_lists(
         exclude = [
             [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
         ]
-        ranked_rows = _ranked(batch, warm, vectors, items, exclude, settings, index)
+        rows, scores = _ranked(batch, warm, vectors, items, exclude, settings, index)
         ids = items.ids
-        for user, (user_rows, raw_scores) in zip(warm, ranked_rows, strict=True):
-            user_scores = np.round(raw_scores, 5)
+        for user, user_rows, user_scores in zip(warm, rows, np.round(scores, 5), strict=True):
             kept = user_scores != -np.inf
             ranked = list(
                 zip(
@@ -191,20 +191,21 @@ def _ranked(
     exclude: list[list[int]],
     settings: Settings,
     index: ClusteredIndex | None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each warm user's best rows and scores: the model score, plus the repeat term on the
-    user's counted items when it is on (one retrieval for the batch either way)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each warm user's best rows and scores (B x top_n): the model score, plus the repeat
+    term on the user's counted items when it is on (one retrieval for the batch either way)."""
     term = repeat_term(settings)
     if not term.active:
-        rows, scores = _retrieve(vectors, items, exclude, settings, index)
-        return list(zip(rows, scores, strict=True))
+        return _retrieve(vectors, items, exclude, settings, index)
     counted = []
+    lookup = items.index.get
     for user, skip in zip(warm, exclude, strict=True):
         names, values = term.values(batch[user].state.features.repeats)
-        found = [items.index.get(name, -1) for name in names]
-        excluded = set(skip)
-        keep = [j for j, row in enumerate(found) if row >= 0 and row not in excluded]
-        counted.append((np.asarray(found, np.int64)[keep], values[keep]))
+        found = np.fromiter(map(lookup, names, repeat(-1)), np.int64, len(names))
+        keep = found >= 0  # items the table refused (full) cannot be listed
+        if skip:
+            keep &= ~np.isin(found, skip)
+        counted.append((found[keep], values[keep]))
     return rank_with_repeats(
         vectors, items.factors, items.bias, counted, exclude, settings.top_n, term,
         lambda v, skip: _retrieve(v, items, skip, settings, index),

@@ -152,12 +152,16 @@ class ClusteredIndex:
         stage1 = self._stage1(users_aug, self._probes(users_aug), 2 * k + widest)
         out_rows = np.full((users.shape[0], k), -1, np.int64)
         out_scores = np.full((users.shape[0], k), -np.inf, np.float32)
+        excluded = np.zeros(factors.shape[0], bool)  # one user's exclusions at a time
         for i, found in enumerate(stage1):
             found = found[~in_extra[found]]  # an item in both groups is scored once
             rows = np.concatenate((found, extra))
             scores = np.concatenate((factors[found] @ users[i] + bias[found], extra_scores[i]))
-            if exclude is not None and len(exclude[i]):
-                scores[np.isin(rows, np.asarray(exclude[i], np.int64))] = -np.inf
+            if exclude is not None and len(exclude[i]):  # a mask: no sort per user
+                skip = np.asarray(exclude[i], np.int64)
+                excluded[skip] = True
+                scores[excluded[rows]] = -np.inf
+                excluded[skip] = False
             best = _best(rows, scores, k)
             out_rows[i, : len(best)] = rows[best]
             out_scores[i, : len(best)] = scores[best]

@@ -22,7 +22,7 @@ import numpy as np
 
 from online_models.implicit_mf import DEFAULT_ACTION_WEIGHTS
 from online_models.repeat_counts import RepeatCounts, repeat_units
-from online_models.repeat_term import RepeatTerm, merge_repeats, split_candidates
+from online_models.repeat_term import RepeatTerm, merge_batch, split_candidates
 from online_models.strategies import FactorView, fill
 from online_models.topn import top_n
 
@@ -136,18 +136,17 @@ class RepeatAwareStrategy:
         out = []
         for term in terms:
             term_lists = list(lists)
+            rep_scores = [
+                scores + (term.values(counts)[1][at] if len(at) else np.zeros(0, np.float32))
+                for scores, (counts, at) in zip(split.rep_scores, kept, strict=True)
+            ]
+            rows, scores = merge_batch(
+                split.new_rows, split.new_scores, split.rep_rows, rep_scores, k,
+                term.discovery_slots,
+            )  # fmt: skip
             for j, i in enumerate(warm):
-                counts, at = kept[j]
-                values = term.values(counts)[1][at] if len(at) else np.zeros(0, np.float32)
-                merged, _ = merge_repeats(
-                    split.new_rows[j],
-                    split.new_scores[j],
-                    split.rep_rows[j],
-                    split.rep_scores[j] + values,
-                    k,
-                    term.discovery_slots,
-                )
-                ids = [view.ids[r] if r < n_items else extra[r - n_items] for r in merged.tolist()]
+                listed = rows[j][scores[j] != -np.inf].tolist()
+                ids = [view.ids[r] if r < n_items else extra[r - n_items] for r in listed]
                 if len(ids) < k:  # a tiny catalogue: pad with the base's list
                     ids = fill(ids, self._fallback(users, k, skips, [i])[i], k, skips[i])
                 term_lists[i] = ids

@@ -22,6 +22,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 __all__ = ["RepeatCounts", "repeat_units"]
 
 _MAX_EXPONENT = 64.0
@@ -86,12 +88,15 @@ class RepeatCounts:
 
     def counts(self) -> tuple[list[str], list[float]]:
         """Items (least recently touched first) and their counts decayed to ``last_ts``."""
-        items = list(self.entries)
-        values = list(self.entries.values())
-        if self.half_life_ms and values:
-            scale = math.exp2(-(self.last_ts - self.ref_ts) / self.half_life_ms)
-            values = [v * scale for v in values]
-        return items, values
+        items, values = self.count_array()
+        return items, values.tolist()
+
+    def count_array(self) -> tuple[list[str], np.ndarray]:
+        """:meth:`counts` with the counts as a float64 array."""
+        values = np.fromiter(self.entries.values(), np.float64, len(self.entries))
+        if self.half_life_ms and len(values):
+            values *= math.exp2(-(self.last_ts - self.ref_ts) / self.half_life_ms)
+        return list(self.entries), values
 
     def _rebase(self, ts: int) -> None:
         scale = math.exp2(-(ts - self.ref_ts) / self.half_life_ms)

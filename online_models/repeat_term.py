@@ -36,6 +36,7 @@ __all__ = [
     "Candidates",
     "RepeatTerm",
     "Retrieve",
+    "merge_batch",
     "merge_repeats",
     "rank_with_repeats",
     "split_candidates",
@@ -68,9 +69,55 @@ class RepeatTerm:
         >>> items, round(float(v[0]), 4)   # 2 * log(1 + 2) - 1
         (['milk'], 1.1972)
         """
-        items, counts_now = counts.counts()
-        values = self.weight * np.log1p(np.asarray(counts_now, np.float64)) + self.offset
+        items, counts_now = counts.count_array()
+        values = self.weight * np.log1p(counts_now) + self.offset
         return items, values.astype(np.float32)
+
+
+def merge_batch(
+    new_rows: np.ndarray,
+    new_scores: np.ndarray,
+    rep_rows: Sequence[np.ndarray],
+    rep_scores: Sequence[np.ndarray],
+    n: int,
+    discovery_slots: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's list (B x n rows and scores, best first): counted items (``rep_*``, full
+    scores) and the best uncounted ones (``new_*``, B x m, best first), merged by score with at
+    least ``discovery_slots`` uncounted items when the user has that many.
+
+    Ties: counted items first, then lower row. ``-inf`` is never listed: a user with fewer than
+    ``n`` candidates gets row -1 and score ``-inf`` in the last places. Vectorised over the
+    batch (a few array operations, whatever the number of users).
+    """
+    b = len(rep_rows)
+    lengths = np.fromiter(map(len, rep_rows), np.int64, b)
+    width = int(lengths.max()) if b else 0
+    rs = np.full((b, width), -np.inf, np.float32)
+    rr = np.full((b, width), -1, np.int64)
+    if width:
+        filled = np.arange(width) < lengths[:, None]
+        rs[filled] = np.concatenate(rep_scores)
+        rr[filled] = np.concatenate(rep_rows)
+        if width > n:  # at most n counted items can make a list
+            top = np.argpartition(-rs, n - 1, axis=1)[:, :n]
+            rs, rr = np.take_along_axis(rs, top, 1), np.take_along_axis(rr, top, 1)
+    scores = np.concatenate((rs, np.asarray(new_scores, np.float32)), axis=1)
+    rows = np.concatenate((rr, np.asarray(new_rows, np.int64)), axis=1)
+    is_new = np.zeros(scores.shape, bool)
+    is_new[:, rs.shape[1] :] = True
+    order = np.lexsort((rows, is_new, -scores), axis=1)  # by score, counted first, then row
+    scores, rows, is_new = (np.take_along_axis(a, order, 1) for a in (scores, rows, is_new))
+    finite = scores != -np.inf
+    if discovery_slots:
+        wanted = np.minimum((is_new & finite).sum(axis=1), min(discovery_slots, n))
+        old_rank = np.cumsum(~is_new & finite, axis=1)
+        allowed = is_new | (old_rank <= (n - wanted)[:, None])  # too many counted: cut them
+        keep = np.argsort(~allowed, axis=1, kind="stable")  # allowed first, in score order
+        scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
+    scores, rows = scores[:, :n], rows[:, :n]
+    rows[scores == -np.inf] = -1
+    return rows, scores
 
 
 def merge_repeats(
@@ -81,10 +128,7 @@ def merge_repeats(
     n: int,
     discovery_slots: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One user's list: counted items (``rep_*``, full scores) and the best uncounted ones
-    (``new_*``), best ``n`` by score with at least ``discovery_slots`` uncounted items.
-
-    ``-inf`` scores are never listed. Ties: counted items first, then lower row.
+    """:func:`merge_batch` for one user, without the empty places.
 
     >>> rows, scores = merge_repeats(
     ...     np.array([5, 6, 7]), np.array([3.0, 2.0, 1.0]),
@@ -95,21 +139,11 @@ def merge_repeats(
     ...               np.array([1, 2]), np.array([9.0, 8.0]), n=3, discovery_slots=2)[0].tolist()
     [1, 5, 6]
     """
-    new_ok = new_scores != -np.inf
-    rep_ok = rep_scores != -np.inf
-    rows = np.concatenate((rep_rows[rep_ok], new_rows[new_ok])).astype(np.int64)
-    scores = np.concatenate((rep_scores[rep_ok], new_scores[new_ok])).astype(np.float32)
-    is_new = np.zeros(len(rows), bool)
-    is_new[int(rep_ok.sum()) :] = True
-    order = np.lexsort((rows, ~is_new, -scores))  # by score, counted first, then row
-    chosen = order[:n]
-    wanted = min(discovery_slots, n, int(is_new.sum()))
-    if int(is_new[chosen].sum()) < wanted:
-        news = order[is_new[order]][:wanted]
-        olds = order[~is_new[order]][: n - wanted]
-        both = np.concatenate((olds, news))
-        chosen = both[np.lexsort((rows[both], ~is_new[both], -scores[both]))]
-    return rows[chosen], scores[chosen]
+    rows, scores = merge_batch(
+        new_rows[None], new_scores[None], [rep_rows], [rep_scores], n, discovery_slots
+    )
+    kept = scores[0] != -np.inf
+    return rows[0][kept], scores[0][kept]
 
 
 class Candidates(NamedTuple):
@@ -140,7 +174,7 @@ def split_candidates(
     for j, rows in enumerate(counted_rows):
         rows = np.asarray(rows, np.int64)
         known = rows < n_items
-        skip.append(sorted({*map(int, exclude[j]), *rows[known].tolist()}))
+        skip.append(np.concatenate((np.asarray(exclude[j], np.int64), rows[known])))
         scores = np.zeros(len(rows), np.float32)
         scores[known] = factors[rows[known]] @ vectors[j] + bias[rows[known]]
         rep_rows.append(rows)
@@ -158,8 +192,9 @@ def rank_with_repeats(
     n: int,
     term: RepeatTerm,
     retrieve: Retrieve,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each user's best ``n`` rows and scores, the repeat term included.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's best ``n`` rows and scores (B x n, as ``top_n``; row -1 and ``-inf`` past a
+    user's candidates), the repeat term included.
 
     ``counted[j]`` holds user j's counted item rows and their repeat terms (the value added
     to the model score, :meth:`RepeatTerm.values`), excluded items left out; ``exclude[j]``
@@ -171,23 +206,17 @@ def rank_with_repeats(
     >>> u = np.array([[1.0, 0]], np.float32)
     >>> retrieve = lambda v, skip: top_n(v, q, b, 2, skip)
     >>> counted = [(np.array([1]), np.array([2.0], np.float32))]   # row 1 bought: +2
-    >>> rows, scores = rank_with_repeats(u, q, b, counted, [[]], 2, RepeatTerm(1), retrieve)[0]
+    >>> rows, scores = rank_with_repeats(u, q, b, counted, [[]], 2, RepeatTerm(1), retrieve)
     >>> rows.tolist(), scores.tolist()
-    ([1, 0], [2.0, 1.0])
+    ([[1, 0]], [[2.0, 1.0]])
     """
     split = split_candidates(
         vectors, factors, bias, [rows for rows, _ in counted], exclude, retrieve
     )
-    out = []
-    for j, (_, values) in enumerate(counted):
-        out.append(
-            merge_repeats(
-                split.new_rows[j],
-                split.new_scores[j],
-                split.rep_rows[j],
-                split.rep_scores[j] + np.asarray(values, np.float32),
-                n,
-                term.discovery_slots,
-            )
-        )
-    return out
+    rep_scores = [
+        scores + np.asarray(values, np.float32)
+        for scores, (_, values) in zip(split.rep_scores, counted, strict=True)
+    ]
+    return merge_batch(
+        split.new_rows, split.new_scores, split.rep_rows, rep_scores, n, term.discovery_slots
+    )

@@ -8,7 +8,7 @@ import pytest
 
 from online_models.candidates import ClusteredIndex
 from online_models.repeat_counts import RepeatCounts
-from online_models.repeat_term import RepeatTerm, merge_repeats, rank_with_repeats
+from online_models.repeat_term import RepeatTerm, merge_batch, merge_repeats, rank_with_repeats
 from online_models.topn import top_n
 
 DAY_MS = 86_400_000
@@ -93,7 +93,7 @@ def test_lists_equal_dense_top_n_with_the_term_added(seed: int) -> None:
         lambda v, skip: top_n(v, factors, bias, n, skip),
     )  # fmt: skip
     dense = _dense(users, factors, bias, counted, exclude)
-    for j, (rows, scores) in enumerate(ranked):
+    for j, (rows, scores) in enumerate(zip(*ranked, strict=True)):
         expected = np.argsort(-dense[j], kind="stable")[:n]
         assert rows.tolist() == expected.tolist()
         np.testing.assert_allclose(scores, dense[j, expected], rtol=1e-5)
@@ -103,12 +103,12 @@ def test_lists_equal_dense_top_n_with_the_term_added(seed: int) -> None:
 def test_zero_term_is_the_plain_top_n() -> None:
     users, factors, bias, counted, exclude = _random_case(7)
     zero = [(rows, np.zeros(len(rows), np.float32)) for rows, _ in counted]
-    ranked = rank_with_repeats(
+    rows, _ = rank_with_repeats(
         users, factors, bias, zero, exclude, 10, RepeatTerm(),
         lambda v, skip: top_n(v, factors, bias, 10, skip),
     )  # fmt: skip
     plain_rows, _ = top_n(users, factors, bias, 10, exclude)
-    assert [r.tolist() for r, _ in ranked] == plain_rows.tolist()
+    assert rows.tolist() == plain_rows.tolist()
 
 
 def test_clustered_index_with_every_cluster_probed_gives_the_exact_lists() -> None:
@@ -124,8 +124,8 @@ def test_clustered_index_with_every_cluster_probed_gives_the_exact_lists() -> No
         users, factors, bias, counted, exclude, 15, term,
         lambda v, skip: index.search(v, factors, bias, 15, skip),
     )  # fmt: skip
-    for (a, _), (b, _) in zip(exact, clustered, strict=True):
-        assert a.tolist() == b.tolist()
+    assert exact[0].tolist() == clustered[0].tolist()
+    np.testing.assert_allclose(exact[1], clustered[1], rtol=1e-6)
 
 
 def test_discovery_slots_keep_places_for_items_new_to_the_user() -> None:
@@ -138,6 +138,29 @@ def test_discovery_slots_keep_places_for_items_new_to_the_user() -> None:
     assert rows.tolist() == [0, 1, 2, 3, 4, 10]  # only one new item exists
     rows, _ = merge_repeats(new_rows, new_scores, rep_rows, np.full(5, -np.inf), 4, 0)
     assert rows.tolist() == [10, 11, 12, 13]  # -inf is never listed
+
+
+@pytest.mark.parametrize("slots", [0, 3, 10])
+def test_batch_merge_equals_the_merge_of_each_user(slots: int) -> None:
+    rng = np.random.default_rng(slots)
+    n, b = 8, 20
+    new_rows = np.stack([rng.permutation(np.arange(100, 130))[:n] for _ in range(b)])
+    new_scores = -np.sort(-rng.normal(size=(b, n)).astype(np.float32), axis=1)
+    new_scores[0, 3:] = -np.inf  # a user with few uncounted candidates
+    rep_rows = [rng.choice(50, int(rng.integers(0, 15)), replace=False) for _ in range(b)]
+    rep_scores = [rng.normal(1.0, 1.0, size=len(r)).astype(np.float32) for r in rep_rows]
+    rows, scores = merge_batch(new_rows, new_scores, rep_rows, rep_scores, n, slots)
+    for j in range(b):
+        one_rows, one_scores = merge_repeats(
+            new_rows[j], new_scores[j], rep_rows[j], rep_scores[j], n, slots
+        )
+        listed = scores[j] != -np.inf
+        assert rows[j][listed].tolist() == one_rows.tolist()
+        assert (rows[j][~listed] == -1).all()
+        n_new = len(set(one_rows.tolist()) - set(rep_rows[j].tolist()))
+        available = int((new_scores[j] != -np.inf).sum())
+        assert n_new >= min(slots, n, available)
+        assert list(one_scores) == sorted(one_scores, reverse=True)
 
 
 def test_term_values_follow_the_formula() -> None:
