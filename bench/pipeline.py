@@ -3,8 +3,9 @@
 Phases (progress is printed as they run):
 
 1. start a Tansu broker, a Redis and the job (:class:`~deploy.job_process.JobProcess`,
-   parallelism 1, 32 factors, checkpoints every 10 s), each on a free port, with logs under
-   ``var/bench/<run>/`` (checkpoints too, deleted at the end);
+   parallelism 1 unless ``overrides`` say otherwise, 32 factors, checkpoints every 10 s), each
+   on a free port, with logs under ``var/bench/<run>/`` (checkpoints too, deleted at the end);
+   the events topic gets one partition per subtask;
 2. pre-warm: one ``view`` of every catalogue item ``i0..i{n-1}``, so the item table really
    holds ``n_items`` rows (the job adds an item on its first event) and top-N costs what it
    would on a full catalogue. The first events give each synthetic user ``cold_user_events
@@ -143,18 +144,18 @@ def _running_job(work: Path, overrides: Mapping[str, object]) -> Iterator[_Job]:
         stack.callback(broker.stop)
         redis_service = start_redis(free_port(), logs)
         stack.callback(redis_service.stop)
-        settings = load_settings(
+        settings = load_settings(**{
             **_FIXED,
-            kafka_bootstrap=broker.address,
-            redis_url=f"redis://{redis_service.address}/0",
-            checkpoint_dir=work / "checkpoints",
-            var_dir=work,
-            metrics_port=free_port(),
-            flink_metrics_port=free_port(),
+            "kafka_bootstrap": broker.address,
+            "redis_url": f"redis://{redis_service.address}/0",
+            "checkpoint_dir": work / "checkpoints",
+            "var_dir": work,
+            "metrics_port": free_port(),
+            "flink_metrics_port": free_port(),
             **overrides,
-        )
-        topics = [settings.events_topic, settings.dlq_topic, settings.item_sync_topic]
-        create_topics(broker.address, topics, 1)
+        })  # fmt: skip
+        create_topics(broker.address, [settings.events_topic], settings.parallelism)
+        create_topics(broker.address, [settings.dlq_topic, settings.item_sync_topic], 1)
         stack.callback(shutil.rmtree, work / "checkpoints", ignore_errors=True)  # after stop
         process = JobProcess(settings, logs / "job.log")
         stack.callback(process.stop)
@@ -299,12 +300,17 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
     rate = _steady_rate(samples, t_start + cfg.skip_s, len(records))
     wall = samples[-1][0] - t_start
     lists = _delta(before, after, "flywheel_job_lists_written_total")
+    neighbour_updates = _delta(before, after, "flywheel_job_neighbour_updates_total")
+    neighbour_lists = _delta(before, after, "flywheel_job_neighbour_lists_written_total")
     results: Results = {
         "pipeline.events_per_s": round(rate, 1),
         "pipeline.produce_events_per_s": round(len(records) / max(t_sent - t_start, 1e-9), 1),
         "pipeline.throughput_events": len(records),
         "pipeline.throughput_complete": int(samples[-1][1] >= len(records)),
         "pipeline.lists_per_event": round(lists / max(1.0, samples[-1][1]), 3),
+        "pipeline.neighbour_lists_per_update": round(
+            neighbour_lists / neighbour_updates if neighbour_updates else 0.0, 3
+        ),
         "pipeline.model_updates_per_s": round(
             _delta(before, after, "flywheel_job_model_updates_total") / wall, 1
         ),
@@ -378,7 +384,9 @@ def run(
     overrides: Mapping[str, object] | None = None,
 ) -> Results:
     """Run every phase; returns ``pipeline.*`` keys. ``overrides`` change job settings (e.g.
-    ``{"neighbour_context": 0}`` for the core loop without item-to-item lists).
+    ``{"neighbour_context": 0}`` for the core loop without item-to-item lists,
+    ``{"parallelism": 2}`` for two subtasks per operator; Flink's busy gauges are then summed
+    over the subtasks).
 
     Each phase's keys are added to ``into`` (when given) as soon as the phase ends, so a
     caller keeps the finished phases' figures when a later one fails or is interrupted.
@@ -390,13 +398,13 @@ def run(
         "pipeline.users": cfg.n_users,
         "pipeline.catalogue_items": cfg.n_items,
         "pipeline.n_factors": 32,
-        "pipeline.parallelism": 1,
         "pipeline.checkpoint_interval_s": 10,
         "pipeline.quick": int(quick),
         "pipeline.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
     shop = SyntheticShop(cfg.n_users, cfg.n_items, seed=cfg.seed)
     with _running_job(work, overrides or {}) as job:
+        results["pipeline.parallelism"] = job.settings.parallelism
         keys = _key_maker(job.settings.hmac_key)
         results.update(_prewarm(job, cfg, keys, shop))
         results.update(_throughput(job, cfg, keys, shop))

@@ -2,7 +2,8 @@
 
 Runs, in this order: the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
 (:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`), the same with the
-item-to-item lists off (``pipeline_core``), the serving benchmark (:mod:`bench.serving`:
+item-to-item lists off (``pipeline_core``) and at Flink parallelism 2 (``pipeline_p2``, keys
+``pipeline.p2.*``), the serving benchmark (:mod:`bench.serving`:
 Redis lookups and the API under load), the memory benchmark (:mod:`bench.memory`), the
 TaskManager memory of the running job (:mod:`bench.taskmanager_memory`, ``tm_memory``) and the
 closed-loop shopper simulation (:mod:`bench.closed_loop`, ``flywheel``: 10 minutes,
@@ -37,10 +38,13 @@ from bench.common import (
 __all__ = ["main", "plot_freshness"]
 
 BENCHMARKS = (
-    "model", "retrieval", "pipeline", "pipeline_core", "serving", "memory", "tm_memory", "flywheel"
+    "model", "retrieval", "pipeline", "pipeline_core", "pipeline_p2", "serving", "memory",
+    "tm_memory", "flywheel",
 )  # fmt: skip
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
-_FRESHNESS_KEY = re.compile(r"^(pipeline|pipeline_core)\.freshness_p(50|99)_ms_at_(\d+)eps$")
+_FRESHNESS_KEY = re.compile(
+    r"^(pipeline|pipeline_core|pipeline\.p2)\.freshness_p(50|99)_ms_at_(\d+)eps$"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,16 +77,21 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
     series = _freshness_series(results)
     if not series["p50"]:
         return None
-    core = _freshness_series(results, "pipeline_core")
+    variants = (
+        (_freshness_series(results, "pipeline_core"), "item-to-item lists off", "s", ":"),
+        (_freshness_series(results, "pipeline.p2"), "parallelism 2", "^", "-."),
+    )
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for q in ("p50", "p99"):
         rates = sorted(series[q])
         ax.plot(rates, [series[q][r] for r in rates], marker="o", label=f"{q}, default job")
-    for q in ("p50", "p99"):
-        rates = sorted(core[q])
-        if rates:
-            label = f"{q}, item-to-item lists off"
-            ax.plot(rates, [core[q][r] for r in rates], marker="s", linestyle=":", label=label)
+    for other, name, marker, style in variants:
+        for q in ("p50", "p99"):
+            rates = sorted(other[q])
+            if rates:
+                label = f"{q}, {name}"
+                ax.plot(rates, [other[q][r] for r in rates], marker=marker, linestyle=style,
+                        label=label)  # fmt: skip
     if series["processed"]:
         rates, right = sorted(series["processed"]), ax.twinx()
         right.plot(rates, [series["processed"][r] for r in rates], "--", color="grey", marker=".")
@@ -98,7 +107,7 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
     ax.legend(loc="upper left")
     ax.set_title(
         f"Flywheel freshness vs load ({results.get('meta.nproc', '?')} cores, "
-        f"{results.get('pipeline.catalogue_items', '?')} items, parallelism 1)"
+        f"{results.get('pipeline.catalogue_items', '?')} items, parallelism 1 unless noted)"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -135,6 +144,8 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
                      lambda: pipeline.run(quick=quick, into=new)),
         "pipeline_core": ("pipeline benchmark, item-to-item lists off (keys pipeline_core.*)",
                           lambda: _pipeline_core(quick, new)),
+        "pipeline_p2": ("pipeline benchmark at Flink parallelism 2 (keys pipeline.p2.*)",
+                        lambda: _pipeline_p2(quick, new)),
         "serving": ("serving benchmark (Redis lookups, recommendation API)",
                     lambda: serving.run(quick=quick, into=new)),
         "memory": ("memory benchmark (Flink state, Redis, item table)",
@@ -162,6 +173,16 @@ def _pipeline_core(quick: bool, new: Results) -> None:
     finally:
         new.update({f"pipeline_core.{k.split('.', 1)[1]}": v for k, v in core.items()})
         new["pipeline_core.neighbour_context"] = 0
+
+
+def _pipeline_p2(quick: bool, new: Results) -> None:
+    """The pipeline benchmark at parallelism 2 (two subtasks per operator, the events topic in
+    two partitions), its keys renamed ``pipeline.p2.*``."""
+    p2: Results = {}
+    try:
+        pipeline.run(quick=quick, into=p2, overrides={"parallelism": 2})
+    finally:
+        new.update({f"pipeline.p2.{k.split('.', 1)[1]}": v for k, v in p2.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
