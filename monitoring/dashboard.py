@@ -347,9 +347,10 @@ def _flink() -> list[Panel]:
         _row("Flink"),
         _stat(
             "Metrics targets up",
-            "Scrape targets of the job's metrics (flywheel) and Flink's reporter (flink).",
+            "Scrape targets up: the job's metrics (flywheel), Flink's reporter (flink) and the"
+            " recommendation API (api).",
             "short",
-            'sum by (job) (up{job=~"flywheel|flink"})',
+            'sum by (job) (up{job=~"flywheel|flink|api"})',
             "{{job}}",
         ),
         _stat(

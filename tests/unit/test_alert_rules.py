@@ -72,6 +72,7 @@ def test_the_expected_alerts_exist() -> None:
         "FlywheelCheckpointFailures",
         "FlywheelQualityDrop",
         "FlywheelApiErrorRatioHigh",
+        "FlywheelApiDown",
     }
 
 
