@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     flink_metrics_port: int = Field(9249, ge=0, le=65535, description="Flink Prometheus port")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Flywheel metrics port")
     metrics_bind: str = Field("127.0.0.1", description="address the metrics endpoints bind")
+    job_metrics_url: str = Field(
+        "", description="job metrics URL the API's /healthz checks; empty = this host's port"
+    )
 
     # --- recommendation API --------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="address the recommendation API binds")

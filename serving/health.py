@@ -70,6 +70,8 @@ async def _job(url: str, timeout_s: float) -> Check:
 
 
 def _job_metrics_url(settings: Settings) -> str:
-    """The job's own metrics endpoint (on this host when it binds every address)."""
+    """``settings.job_metrics_url``, else the job's metrics endpoint on this host."""
+    if settings.job_metrics_url:
+        return settings.job_metrics_url
     host = settings.metrics_bind if settings.metrics_bind not in ("", "0.0.0.0", "::") else None
     return f"http://{host or '127.0.0.1'}:{settings.metrics_port}/metrics"
