@@ -172,8 +172,7 @@ def factories(
         "river_biasedmf": lambda: RiverMFStrategy("biased", window_s=window),
         "river_funkmf": lambda: RiverMFStrategy("funk", window_s=window),
         "online_mf": lambda: _with_repeats(
-            OnlineMFStrategy(window_s=window, **mf), chosen["repeat"], "online_mf",
-            mf.get("action_weights"),
+            OnlineMFStrategy(window_s=window, **mf), chosen["repeat"], "online_mf"
         ),
         "online_mf_plain": lambda: OnlineMFStrategy(window_s=window, name="online_mf_plain", **mf),
     }  # fmt: skip
@@ -182,25 +181,20 @@ def factories(
             BatchALSStrategy, retrain_every_s=SCHEDULES[name], window_s=window, name=name, **als
         )
         if name.endswith("_repeat"):
-            made[name] = functools.partial(
-                _with_repeats, batch(), chosen["batch_repeat"], name, None
-            )
+            made[name] = functools.partial(_with_repeats, batch(), chosen["batch_repeat"], name)
         else:
             made[name] = batch
     return made
 
 
 def _with_repeats(
-    base: OnlineMFStrategy | BatchALSStrategy,
-    params: dict[str, Any],
-    name: str,
-    weights: dict[str, float] | None,
+    base: OnlineMFStrategy | BatchALSStrategy, params: dict[str, Any], name: str
 ) -> RepeatAwareStrategy:
     """``base`` ranked with the repeat term ``params`` (``RepeatTerm`` fields + half_life_s)."""
     fields = {f.name for f in dataclasses.fields(RepeatTerm)}
     term = RepeatTerm(**{k: v for k, v in params.items() if k in fields})
     half_life = float(params.get("half_life_s", 0.0))
-    return RepeatAwareStrategy(base, term, half_life_s=half_life, action_weights=weights, name=name)
+    return RepeatAwareStrategy(base, term, half_life_s=half_life, name=name)
 
 
 def _selected(args: argparse.Namespace, name: str) -> bool:
@@ -239,8 +233,7 @@ def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) ->
     if repeat is None and _selected(args, "online_mf"):
         repeat = _tune_term(
             lambda h: _with_repeats(
-                OnlineMFStrategy(window_s=window, **mf), {"half_life_s": h}, "online_mf",
-                mf.get("action_weights"),
+                OnlineMFStrategy(window_s=window, **mf), {"half_life_s": h}, "online_mf"
             ),
             events, common,
         )  # fmt: skip
@@ -250,7 +243,7 @@ def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) ->
         every = min(SCHEDULES[s] for s in repeats)
         batch_repeat = _tune_term(
             lambda h: _with_repeats(
-                BatchALSStrategy(every, window_s=window, **als), {"half_life_s": h}, "b", None
+                BatchALSStrategy(every, window_s=window, **als), {"half_life_s": h}, "b"
             ),
             events, common,
         )  # fmt: skip

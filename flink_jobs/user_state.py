@@ -5,8 +5,8 @@ One ``ValueState[bytes]`` per user holds: the windowed features
 user's last ``dedupe_window`` events (to drop duplicates), the number of accepted events and
 the user's last ``neighbour_context`` distinct items with time and weight
 (:class:`~online_models.neighbours.ItemContext`, for the item-to-item lists).
-The features include the user's per-item counts for the repeat term of the personal score
-(``repeat_items_max`` items, kept only while the term is on: :func:`repeat_term`).
+The features include the user's purchase counts per item for the repeat term of the personal
+score (``repeat_items_max`` items, kept only while the term is on: :func:`repeat_term`).
 The value is ``<u32 header length><JSON header><float32 factors>``: one state read and one
 write per event. Its size is bounded by the feature bounds plus ``4 * n_factors`` bytes, and it
 expires after ``state_ttl_s`` without writes (Flink state TTL).
@@ -23,7 +23,7 @@ import orjson
 from flywheel.settings import Settings
 from online_models.features import UserFeatures
 from online_models.neighbours import ItemContext
-from online_models.repeat_counts import repeat_units
+from online_models.repeat_counts import COUNTED_ACTIONS
 from online_models.repeat_term import RepeatTerm
 
 __all__ = ["UserState", "decode_state", "encode_state", "new_features", "repeat_term"]
@@ -53,12 +53,15 @@ def new_features(settings: Settings) -> UserFeatures:
         cart_max=settings.cart_items_max,
         repeat_items_max=settings.repeat_items_max if repeat_term(settings).active else 0,
         repeat_half_life_s=settings.repeat_half_life_s,
-        repeat_units=repeat_units(settings.action_weights),
+        repeat_units=COUNTED_ACTIONS,
     )
 
 
 def repeat_term(settings: Settings) -> RepeatTerm:
-    """The repeat term of the personal score (all zero: off, and no counts are kept)."""
+    """The repeat term of the personal score. Off (and no counts kept) when its settings are
+    all zero, and when purchased items are excluded: it would only rank items never listed."""
+    if settings.exclude_purchased:
+        return RepeatTerm()
     return RepeatTerm(
         settings.repeat_weight, settings.repeat_offset, settings.repeat_discovery_slots
     )

@@ -108,10 +108,10 @@ class Settings(BaseSettings):
 
     # --- repeat ("buy it again") term of the personal score ------------------------------
     repeat_weight: float = Field(
-        4.0, ge=0, le=100, description="weight of log(1 + count) of the user's own items, 0 = off"
+        8.0, ge=0, le=100, description="weight of log(1 + count) of the user's own items, 0 = off"
     )
     repeat_offset: float = Field(
-        -3.0, ge=-100, le=100, description="added to the score of each item the user has a count of"
+        -8.0, ge=-100, le=100, description="added to the score of each item the user has a count of"
     )
     repeat_discovery_slots: int = Field(
         0, ge=0, le=1000, description="places of a list kept for items new to the user"

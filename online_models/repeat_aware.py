@@ -15,13 +15,12 @@ State added to the base's: one :class:`~online_models.repeat_counts.RepeatCounts
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-from online_models.implicit_mf import DEFAULT_ACTION_WEIGHTS
-from online_models.repeat_counts import RepeatCounts, repeat_units
+from online_models.repeat_counts import COUNTED_ACTIONS, RepeatCounts
 from online_models.repeat_term import RepeatTerm, merge_batch, split_candidates
 from online_models.strategies import FactorView, fill
 from online_models.topn import top_n
@@ -60,7 +59,6 @@ class RepeatAwareStrategy:
         term: RepeatTerm,
         max_items: int = 200,
         half_life_s: float = 0.0,
-        action_weights: Mapping[str, float] | None = None,
         name: str | None = None,
     ):
         self.base = base
@@ -68,11 +66,11 @@ class RepeatAwareStrategy:
         self.name = name or f"{base.name}_repeat"
         self.max_items = max_items
         self.half_life_s = half_life_s
-        self.units = repeat_units(action_weights or DEFAULT_ACTION_WEIGHTS)
+        self.units = COUNTED_ACTIONS
         self.counts: dict[str, RepeatCounts] = {}
 
     def learn(self, user: str, item: str, action: str, ts: int) -> None:
-        """The base's step, then the user's count of ``item``."""
+        """The base's step, then (for a purchase) the user's count of ``item``."""
         self.base.learn(user, item, action, ts)
         unit = self.units.get(action, 0.0)
         if unit > 0:

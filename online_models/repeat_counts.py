@@ -1,7 +1,6 @@
-"""One user's interaction counts per item, the input of the repeat ("buy it again") term.
+"""One user's purchase counts per item, the input of the repeat ("buy it again") term.
 
-Each learnable event adds its action weight, in units of the largest action weight (so a
-purchase counts 1 with the default weights), to the user's count of the item. With a
+Each purchase adds 1 to the user's count of the item (:data:`COUNTED_ACTIONS`). With a
 half-life ``h`` the counts decay in event time: an interaction ``t`` ms before the reference
 time counts ``2 ** (-t / h)``. The decay is kept lazily: every count is stored scaled to the
 user's reference timestamp ``ref_ts``, so an event touches one entry and reading the counts
@@ -20,23 +19,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RepeatCounts", "repeat_units"]
+__all__ = ["COUNTED_ACTIONS", "RepeatCounts"]
 
 _MAX_EXPONENT = 64.0
 
 
-def repeat_units(action_weights: Mapping[str, float]) -> dict[str, float]:
-    """Count added per action: its weight over the largest weight (a purchase counts 1).
-
-    >>> repeat_units({"view": 0.5, "click": 1.0, "add_to_cart": 2.0, "purchase": 4.0})
-    {'view': 0.125, 'click': 0.25, 'add_to_cart': 0.5, 'purchase': 1.0}
-    """
-    unit = max(action_weights.values(), default=0.0)
-    return {a: w / unit for a, w in action_weights.items() if w > 0 and unit > 0}
+COUNTED_ACTIONS: Mapping[str, float] = MappingProxyType({"purchase": 1.0})
+"""What an event adds to a count, by action: purchases only, since buying again is what the
+repeat term predicts (views and cart adds of an item are the model's business)."""
 
 
 class RepeatCounts:
