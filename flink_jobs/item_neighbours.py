@@ -29,17 +29,18 @@ their counts), at most the items touched within one ``neighbour_flush_ms`` inter
 items (:class:`~flink_jobs.state_cache.DecodedCache`: reused only while Flink's bytes are
 the ones this operator wrote, so state is not parsed again per event); the
 :class:`~online_models.neighbours.ListMark` of the last list written for each of at most
-``_MARKED_ITEMS`` items.
+``_MARKED_ITEMS`` items, kept for half of ``list_ttl_s``.
 
 Writing only what changed. An event whose item is not queued is tested against the mark of
 the item's last written list (:meth:`NeighbourCounts.add`, one division per context item):
 when no context item can reach the list and its scores moved by at most 5 %, the list in
 Redis is still right, and the item is neither queued, timed, ranked nor written. An item
-without a mark (never written by this process, evicted, or after a restore) is always
-queued. After a restore the counts come back exactly with the checkpoint; a restored timer
-whose item is not in the (lost) queue re-reads the item's state and queues it, so no list
-write is lost; lists are whole-value overwrites, so a repeated write is harmless. A list
-left unchanged keeps the ``event_ts`` of its last write.
+without a mark (never written by this process, evicted, written so long ago that its Redis
+key may expire soon, or after a restore) is always queued. After a restore the counts come
+back exactly with the checkpoint; a restored timer whose item is not in the (lost) queue
+re-reads the item's state and queues it, so no list write is lost; lists are whole-value
+overwrites, so a repeated write is harmless. A list left unchanged keeps the ``event_ts`` of
+its last write.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:
 
 class ListQueue:
     """Items whose list is due, each with its counts; one batch at a time. Also the
-    :class:`ListMark` of the last list written for each of at most ``max_marks`` items.
+    :class:`ListMark` of the last list written for each of at most ``max_marks`` items,
+    forgotten ``mark_ttl_ms`` after the write (the list's Redis key may expire: ``None`` = never).
 
     A batch opens when the first item is marked into an empty queue and is due
     ``interval_ms`` later (at once when it holds ``max_items``); items marked meanwhile join
@@ -130,13 +132,18 @@ class ListQueue:
     """
 
     def __init__(
-        self, interval_ms: int, max_items: int = _MAX_BATCH_ITEMS, max_marks: int = _MARKED_ITEMS
+        self,
+        interval_ms: int,
+        max_items: int = _MAX_BATCH_ITEMS,
+        max_marks: int = _MARKED_ITEMS,
+        mark_ttl_ms: int | None = None,
     ) -> None:
         self.interval_ms, self.max_items, self.max_marks = interval_ms, max_items, max_marks
+        self.mark_ttl_ms = mark_ttl_ms
         self.dirty: dict[str, NeighbourCounts] = {}
         self.last_flushed: set[str] = set()
         self.due_at: int | None = None
-        self._marks: dict[str, ListMark] = {}
+        self._marks: dict[str, tuple[ListMark, int]] = {}  # item -> (mark, written at, ms)
 
     def mark(self, item: str, counts: NeighbourCounts, now_ms: int) -> int:
         """Queue ``item`` with ``counts`` (replacing an older snapshot); when the batch is due."""
@@ -158,16 +165,22 @@ class ListQueue:
         self.due_at = None
         return batch
 
-    def written(self, item: str, mark: ListMark) -> None:
+    def written(self, item: str, mark: ListMark, now_ms: int) -> None:
         """Remember the mark of the list just written for ``item`` (oldest marks go first)."""
         self._marks.pop(item, None)
-        self._marks[item] = mark
+        self._marks[item] = (mark, now_ms)
         if len(self._marks) > self.max_marks:
             del self._marks[next(iter(self._marks))]
 
-    def written_mark(self, item: str) -> ListMark | None:
-        """The mark of ``item``'s last written list, if remembered."""
-        return self._marks.get(item)
+    def written_mark(self, item: str, now_ms: int) -> ListMark | None:
+        """The mark of ``item``'s last written list, if remembered and not too old."""
+        entry = self._marks.get(item)
+        if entry is None:
+            return None
+        if self.mark_ttl_ms is not None and now_ms - entry[1] >= self.mark_ttl_ms:
+            del self._marks[item]
+            return None
+        return entry[0]
 
 
 class ItemNeighbours(KeyedProcessFunction):
@@ -179,7 +192,9 @@ class ItemNeighbours(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         s = self.settings
         self.state = runtime_context.get_state(bytes_state("neighbours", s.neighbour_state_ttl_s))
-        self.queue = ListQueue(s.neighbour_flush_ms)
+        # a list's key expires list_ttl_s after its write: rewrite before that, at half-life
+        mark_ttl = s.list_ttl_s * 500 if s.list_ttl_s else None
+        self.queue = ListQueue(s.neighbour_flush_ms, mark_ttl_ms=mark_ttl)
         self.decoded = DecodedCache(decode_counts, _DECODED_ITEMS)
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
@@ -197,7 +212,7 @@ class ItemNeighbours(KeyedProcessFunction):
         raw = self.state.value()
         counts = self.decoded.take(item, raw, self.settings)
         pairs = [(x, w, p) for x, w, p in orjson.loads(context)]
-        stale = counts.add(ts, weight, pairs, self.queue.written_mark(item))
+        stale = counts.add(ts, weight, pairs, self.queue.written_mark(item, _now_ms()))
         raw = encode_counts(counts)
         self.state.update(raw)
         self.decoded.put(item, raw, counts)
@@ -232,7 +247,7 @@ class ItemNeighbours(KeyedProcessFunction):
         entries = []
         for item, counts in batch.items():
             ranked, mark = counts.publish(top_n)
-            self.queue.written(item, mark)
+            self.queue.written(item, mark, now)
             if ranked:  # an item never seen with another has no list
                 rec = ItemList(item, STRATEGY, counts.now, now, ranked)
                 entries.append((item_list_suffix(item), encode_item_list(rec)))

@@ -214,15 +214,16 @@ def test_a_short_list_changes_with_any_neighbour_and_its_scores_with_the_own_wei
     assert not any(empty.add(i, 1.0, [], mark) for i in range(1, 50)), "no neighbours: no list"
 
 
-def test_the_queue_remembers_a_bounded_number_of_written_lists() -> None:
-    queue = ListQueue(interval_ms=1000, max_marks=2)
+def test_the_queue_remembers_a_bounded_number_of_written_lists_for_a_while() -> None:
+    queue = ListQueue(interval_ms=1000, max_marks=2, mark_ttl_ms=60_000)
     nb = NeighbourCounts()
     nb.add(0, 1.0, [("a", 1.0, 1.0)])
     _, mark = nb.publish(5)
     for item in ("x", "y", "x", "z"):
-        queue.written(item, mark)
-    assert queue.written_mark("y") is None, "the least recently written is forgotten first"
-    assert queue.written_mark("x") == mark and queue.written_mark("z") == mark
+        queue.written(item, mark, now_ms=0)
+    assert queue.written_mark("y", 1) is None, "the least recently written is forgotten first"
+    assert queue.written_mark("x", 1) == mark and queue.written_mark("z", 59_999) == mark
+    assert queue.written_mark("z", 60_000) is None, "the list's key may have expired: rewrite"
 
 
 def test_pruning_a_listed_neighbour_makes_the_list_stale() -> None:
