@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=json.loads,
             help="JSON weight, offset, discovery_slots, half_life_s: skip tuning, use these",
         )
+    p.add_argument(
+        "--batch-repeat-floor",
+        type=float,
+        help="tune the batch repeat terms under this first-time HR floor (e.g. online_mf_plain's "
+        "on the tuning slice) instead of the batch model's own; names them batch_*_repeat_matched",
+    )
     p.add_argument("--no-save", action="store_true", help="print only: no JSON, no plot")
     p.add_argument("--plot-only", action="store_true", help="redraw the chart from the JSON")
     return p
@@ -181,10 +187,16 @@ def factories(
             BatchALSStrategy, retrain_every_s=SCHEDULES[name], window_s=window, name=name, **als
         )
         if name.endswith("_repeat"):
+            name = _repeat_name(args, name)
             made[name] = functools.partial(_with_repeats, batch(), chosen["batch_repeat"], name)
         else:
             made[name] = batch
     return made
+
+
+def _repeat_name(args: argparse.Namespace, schedule: str) -> str:
+    """A batch repeat schedule's strategy name: ``_matched`` when tuned under a given floor."""
+    return schedule + ("_matched" if args.batch_repeat_floor is not None else "")
 
 
 def _with_repeats(
@@ -238,14 +250,15 @@ def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) ->
             events, common,
         )  # fmt: skip
     batch_repeat = args.batch_repeat_params
-    repeats = [s for s in args.schedules if s.endswith("_repeat") and _selected(args, s)]
+    repeats = [s for s in args.schedules if s.endswith("_repeat")]
+    repeats = [s for s in repeats if _selected(args, _repeat_name(args, s))]
     if batch_repeat is None and repeats:
         every = min(SCHEDULES[s] for s in repeats)
         batch_repeat = _tune_term(
             lambda h: _with_repeats(
                 BatchALSStrategy(every, window_s=window, **als), {"half_life_s": h}, "b"
             ),
-            events, common,
+            events, {**common, "floor": args.batch_repeat_floor},
         )  # fmt: skip
     return {
         "online_mf": mf,
@@ -316,13 +329,18 @@ def _plain_of(name: str) -> str:
     """The plain model a repeat variant is ranked against ("" for other strategies)."""
     if name == "online_mf":
         return "online_mf_plain"
+    name = name.removesuffix("_matched")
     return name.removesuffix("_repeat") if name.endswith("_repeat") else ""
 
 
 def flatten(
-    dataset: str, reports: dict[str, PrequentialReport], kept: dict[str, Strategy]
+    dataset: str,
+    reports: dict[str, PrequentialReport],
+    kept: dict[str, Strategy],
+    complete: bool = True,
 ) -> Results:
-    """``quality.<dataset>.<strategy>.<metric>`` keys, ``batch_best`` included."""
+    """``quality.<dataset>.<strategy>.<metric>`` keys, and ``batch_best`` for a ``complete``
+    run (a run of some strategies leaves the file's ``batch_best`` as it was)."""
     out: Results = {}
     for name, report in reports.items():
         for key, value in report.metrics().items():
@@ -334,7 +352,7 @@ def flatten(
             out[f"quality.{dataset}.{name}.trainings"] = strategy.trainings
             out[f"quality.{dataset}.{name}.train_s"] = round(strategy.train_seconds, 1)
     batches = [n for n in reports if n.startswith("batch_")]
-    if batches:
+    if batches and complete:
         best = max(batches, key=lambda n: reports[n].slice("all").hr)
         for key, value in reports[best].metrics().items():
             out[f"quality.{dataset}.batch_best.{key}"] = value
@@ -345,12 +363,12 @@ def flatten(
 def table(reports: dict[str, PrequentialReport], k: int) -> str:
     """The comparison as a text table, one strategy a line."""
     cols = [c.replace("@10", f"@{k}") for c in COLUMNS]
-    head = f"{'strategy':<16}" + "".join(f"{c:>19}" for c in cols) + f"{'events/s':>12}"
+    head = f"{'strategy':<26}" + "".join(f"{c:>19}" for c in cols) + f"{'events/s':>12}"
     lines = [head, "-" * len(head)]
     for name, report in reports.items():
         m = report.metrics()
         cells = "".join(f"{m.get(c, 0.0):>19.4f}" for c in cols)
-        lines.append(f"{name:<16}{cells}{m['events_per_s']:>12,.0f}")
+        lines.append(f"{name:<26}{cells}{m['events_per_s']:>12,.0f}")
     return "\n".join(lines)
 
 
@@ -371,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = tune_models(args, events, exclude)
     say(f"chosen: {chosen}")
     reports, kept = run_all(args, events, factories(args, chosen), exclude)
-    results = flatten(dataset, reports, kept)
+    results = flatten(dataset, reports, kept, complete=not args.strategies)
     if shop is not None:
         results.update(synthetic_truth(shop, events, kept, dataset, args.k))
     cutoff = tuning_cutoff(events, args.tune_fraction)

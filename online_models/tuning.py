@@ -163,11 +163,14 @@ def tune_repeat(
     exclude_seen: bool = False,
     score_actions: Sequence[str] = tuple(DEFAULT_SCORE_ACTIONS),
     log: Callable[[str], None] | None = None,
+    floor: float | None = None,
 ) -> RepeatChoice:
     """The best repeat term on the tuning slice under the first-time floor (module docstring).
 
-    ``make(half_life_s)`` builds the strategy to rank (its base learns as usual); the plain
-    ranking (all-zero term) always meets the floor, so a choice always exists.
+    ``make(half_life_s)`` builds the strategy to rank (its base learns as usual). The floor is
+    the plain ranking's first-time HR@K unless ``floor`` gives another one (e.g. another
+    model's, to compare two models at the same first-time level); when no term reaches a
+    given floor, the term with the highest first-time HR@K is chosen.
     """
     cutoff = tuning_cutoff(events, fraction)
     middle = tuning_cutoff(events, fraction / 2)
@@ -179,6 +182,7 @@ def tune_repeat(
     variants = [RepeatTerm(), *terms]
     names = [str(t) for t in variants]
     best: RepeatChoice | None = None
+    closest: RepeatChoice | None = None  # highest first-time HR, if no term meets the floor
     for days in space["half_life_days"]:
         strategy = make(days * 86_400)
         reports = evaluate_variants(
@@ -186,15 +190,20 @@ def tune_repeat(
             names, head, k, batch, score_actions, exclude_seen, middle,
         )  # fmt: skip
         plain = reports[0]
-        floor = plain.slice("first_time").hr
+        plain_hr, plain_first = plain.slice("all").hr, plain.slice("first_time").hr
+        wanted = plain_first if floor is None else floor
         for term, report in zip(variants, reports, strict=True):
             hr, first = report.slice("all").hr, report.slice("first_time").hr
-            if first >= floor and (best is None or hr > best.hr):
-                half_life = days * 86_400 if term.active else 0.0
-                best = RepeatChoice(term, half_life, hr, first, plain.slice("all").hr, floor)
+            half_life = days * 86_400 if term.active else 0.0
+            choice = RepeatChoice(term, half_life, hr, first, plain_hr, plain_first)
+            if first >= wanted and (best is None or hr > best.hr):
+                best = choice
+            if closest is None or first > closest.first_time_hr:
+                closest = choice
         if log:
-            met = sum(r.slice("first_time").hr >= floor for r in reports)
+            met = sum(r.slice("first_time").hr >= wanted for r in reports)
             log(f"repeat term, half-life {days:g} d: {met} of {len(reports)} meet the "
-                f"first-time floor {floor:.4f}; best so far {best}")  # fmt: skip
-    assert best is not None  # the plain ranking meets its own floor
-    return best
+                f"first-time floor {wanted:.4f}; best so far {best}")  # fmt: skip
+    chosen = best or closest  # without a given floor the plain ranking always meets it
+    assert chosen is not None
+    return chosen

@@ -1,0 +1,48 @@
+"""The repeat term is tuned on the early slice under a first-time floor."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from online_models.evaluation import Event
+from online_models.repeat_aware import RepeatAwareStrategy
+from online_models.repeat_term import RepeatTerm
+from online_models.strategies import OnlineMFStrategy
+from online_models.tuning import tune_repeat
+
+SPACE = {
+    "half_life_days": [30.0],
+    "weight": [1.0, 4.0],
+    "offset": [-2.0, 0.0],
+    "discovery_slots": [0, 3],
+}
+
+
+@pytest.fixture(scope="module")
+def rebuys() -> list[Event]:
+    """Shoppers who mostly rebuy their five staples and sometimes try one of 200 items."""
+    rng = random.Random(3)
+    staples = {u: rng.sample(range(200), 5) for u in range(40)}
+    events = []
+    for t in range(4000):
+        user = rng.randrange(40)
+        item = rng.choice(staples[user]) if rng.random() < 0.7 else rng.randrange(200)
+        events.append(Event(f"u{user}", f"i{item}", "purchase", 1_700_000_000_000 + t * 60_000))
+    return events
+
+
+def _make(half_life_s: float) -> RepeatAwareStrategy:
+    return RepeatAwareStrategy(OnlineMFStrategy(n_factors=8, seed=1), RepeatTerm(), 50, half_life_s)
+
+
+def test_the_floor_decides_between_repeats_and_discovery(rebuys: list[Event]) -> None:
+    own = tune_repeat(_make, rebuys, SPACE, fraction=0.5, batch=32)
+    assert own.first_time_hr >= own.plain_first_time_hr and own.hr >= own.plain_hr
+    free = tune_repeat(_make, rebuys, SPACE, fraction=0.5, batch=32, floor=0.0)
+    assert free.term.active and free.half_life_s == 30 * 86_400
+    assert free.hr > own.hr  # rebuys win HR here ...
+    assert free.first_time_hr < free.plain_first_time_hr  # ... at the cost of new items
+    best_new = tune_repeat(_make, rebuys, SPACE, fraction=0.5, batch=32, floor=1.0)
+    assert own.first_time_hr <= best_new.first_time_hr < 1.0  # unreachable: most new hits
