@@ -104,7 +104,8 @@ def plot_quality(results: Mapping[str, Value], dataset: str, k: int, path: Path)
         else f"Prequential quality on {dataset}"
     )
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small", framealpha=1.0)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -112,16 +113,41 @@ def plot_quality(results: Mapping[str, Value], dataset: str, k: int, path: Path)
     return path
 
 
+_BASELINES = ("popularity", "cooccurrence", "river_biasedmf", "river_funkmf")
+_ONLINE = ("online_mf_plain", "online_mf")
+_SCHEDULES = ("batch_hourly", "batch_6h", "batch_daily")
+
+
+def _plot_order(name: str) -> tuple[int, int, str]:
+    """Baselines, then the online MF (plain, then ours), then the batch models by schedule
+    (each followed by its repeat variants), ``batch_best`` last; anything else after.
+
+    >>> sorted(["batch_best", "online_mf", "batch_6h_repeat", "popularity", "batch_6h"],
+    ...        key=_plot_order)
+    ['popularity', 'online_mf', 'batch_6h', 'batch_6h_repeat', 'batch_best']
+    """
+    for group, names in enumerate((_BASELINES, _ONLINE)):
+        if name in names:
+            return group, names.index(name), name
+    for rank, schedule in enumerate(_SCHEDULES):
+        if name == schedule or name.startswith(f"{schedule}_"):
+            return 2, rank, name
+    return (3, 0, name) if name == "batch_best" else (4, 0, name)
+
+
 def _series(
     results: Mapping[str, Value], dataset: str, k: int
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Strategies with an HR@K under ``quality.<dataset>.``, and their bars by label."""
     prefix, metric = f"quality.{dataset}.", f".hr@{k}"
-    names = [
-        key[len(prefix) : -len(metric)]
-        for key in results
-        if key.startswith(prefix) and key.endswith(metric) and key.count(".") == 3
-    ]
+    names = sorted(
+        (
+            key[len(prefix) : -len(metric)]
+            for key in results
+            if key.startswith(prefix) and key.endswith(metric) and key.count(".") == 3
+        ),
+        key=_plot_order,
+    )
     labels = (
         (f"HR@{k}", f"hr@{k}"),
         (f"NDCG@{k}", f"ndcg@{k}"),
