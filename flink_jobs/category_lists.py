@@ -21,7 +21,12 @@ from __future__ import annotations
 import orjson
 import redis
 
-from connectors.redis_lists import ITEM_CATEGORIES_SUFFIX, ListWriter, category_trending_suffix
+from connectors.redis_lists import (
+    ListWriter,
+    category_trending_key,
+    category_trending_suffix,
+    item_categories_key,
+)
 from online_models.popularity import WindowedPopularity
 
 __all__ = ["CategoryLists"]
@@ -57,7 +62,7 @@ class CategoryLists:
             if ranked:
                 entries.append((category_trending_suffix(category), orjson.dumps(ranked)))
             else:
-                emptied.append(f"{self._writer.prefix}:{category_trending_suffix(category)}")
+                emptied.append(category_trending_key(self._writer.prefix, category))
         filed = popularity.take_filed_items()
         self._writer.write_batch(entries)
         if emptied or filed:
@@ -65,6 +70,6 @@ class CategoryLists:
             if emptied:
                 pipe.delete(*emptied)
             if filed:
-                pipe.hset(f"{self._writer.prefix}:{ITEM_CATEGORIES_SUFFIX}", mapping=filed)
+                pipe.hset(item_categories_key(self._writer.prefix), mapping=filed)
             pipe.execute()
         return len(entries)
