@@ -13,14 +13,15 @@ on exit, error or Ctrl-C):
    a frontend does) and times each; then ``clients`` processes do the same at once for a
    fixed time, for lookups/s;
 3. **API**: a Tansu broker (the API produces one impression event per served list) and the
-   real API process (``flywheel api``, one uvicorn worker, the default). A child process sends
+   real API process (``flywheel api`` with the default ``FLYWHEEL_API_WORKERS``, two uvicorn
+   workers). A child process sends
    ``GET /v1/recommendations?user_id=…&scene=home&k=10`` for random known users (10 % unknown
    ones, who get trending) open loop at fixed rates (100 and 250/s, then the 500/s target
    last, since it may overload the API; latency from each request's scheduled send time) and
    closed loop with ``max_connections`` requests in flight (maximum rate). The API's CPU time
    per request (its process and worker processes) is read from ``/proc`` around each step.
-4. The same API with ``more_workers`` worker processes (``FLYWHEEL_API_WORKERS``), closed loop
-   and the target rate only: keys ``serving.api_*_<step>_<n>workers``.
+4. The same API with ``compare_workers`` worker processes (one: what a single process does),
+   closed loop and the target rate only: keys ``serving.api_*_<step>_<n>workers``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class ServingConfig:
     api_connections: int = 64
     max_connections: int = 16
     max_s: float = 15.0
-    more_workers: int = 2
+    compare_workers: int = 1
     unknown_fraction: float = 0.1
     seed: int = 11
 
@@ -211,11 +212,12 @@ def _api(
     settings: Settings, known: list[str], cfg: ServingConfig, logs: Path, results: Results
 ) -> None:
     """The API under open-loop load at each rate and closed-loop maximum, into ``results``;
-    then, with ``cfg.more_workers`` worker processes, the maximum and the target rate."""
+    then, with ``cfg.compare_workers`` worker processes, the maximum and the target rate."""
     _api_run(settings, known, cfg, logs, results, "")
-    if cfg.more_workers > 1:
-        more = settings.with_overrides(api_workers=cfg.more_workers)
-        _api_run(more, known, cfg, logs, results, f"_{cfg.more_workers}workers")
+    results["serving.api_workers"] = settings.api_workers
+    if cfg.compare_workers != settings.api_workers:
+        other = settings.with_overrides(api_workers=cfg.compare_workers)
+        _api_run(other, known, cfg, logs, results, f"_{cfg.compare_workers}workers")
 
 
 def _api_run(

@@ -12,12 +12,18 @@ State kept:
 - keyed, per user: ``ValueState`` ``impressions`` with the user's impression log, at most
   ``attribution_impressions_max`` records of 22 bytes, expiring ``attribution_window_s`` after
   its last write (an older impression can no longer be credited anyway);
+- keyed, per user: ``ValueState`` ``held_actions`` with the clicks, cart adds and purchases
+  that found no impression to credit, in case their impression arrives after them
+  (:func:`online_models.attribution.settle`, ``attribution_grace_ms``), at most
+  :data:`HELD_MAX` records of 17 bytes, expiring a minute after its last write;
 - in memory, per subtask: increments not yet written to Redis (at most four per arm), written
   by a background thread every :data:`FLUSH_S` with one pipelined round trip, and on close.
 
 Per event: an impression costs one state read and write (a bytes append), a list impression
-(the API logs one per served list) the same for all its items; a click, cart add or purchase
-one state read, and a write only when credited; other actions nothing.
+(the API logs one per served list) the same for all its items, plus one read of the held
+actions (a write when it credits or expires some); a click, cart add or purchase one state
+read, and a write of the log when credited or of the held actions when not; other actions
+nothing.
 
 Delivery: the Redis counts are cumulative and at-least-once. After a restore from a
 checkpoint, the events replayed since that checkpoint are counted again, and increments
@@ -37,13 +43,22 @@ from connectors.arm_counts import COUNT_OF_ACTION, add_counts
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
 from monitoring.metrics import JobMetrics
-from online_models.attribution import ATTRIBUTED, attribute, key_of, record_impressions
+from online_models.attribution import (
+    ATTRIBUTED,
+    attribute,
+    hold,
+    key_of,
+    record_impressions,
+    settle,
+)
 from online_models.experiments import Experiment
 
-__all__ = ["FLUSH_S", "ArmTracker"]
+__all__ = ["FLUSH_S", "HELD_MAX", "ArmTracker"]
 
 FLUSH_S = 0.5
 """Seconds between writes of the buffered counts to Redis (the API re-reads them every 1 s)."""
+HELD_MAX = 32
+"""Actions held per user while they wait for their impression (17 bytes each)."""
 _log = logging.getLogger(__name__)
 
 
@@ -64,9 +79,11 @@ class ArmTracker:
         self._max = settings.attribution_impressions_max
         self._window_ms = settings.attribution_window_s * 1000
         self._skew_ms = settings.out_of_orderness_ms
+        self._grace_ms = settings.attribution_grace_ms
         self._prefix = settings.redis_prefix
         ttl_s = max(60, settings.attribution_window_s)
         self.state = runtime_context.get_state(bytes_state("impressions", ttl_s))
+        self.held = runtime_context.get_state(bytes_state("held_actions", 60))
         metrics.init_experiment(experiment.name, experiment.arms)
         self._counters = {
             "impression": [metrics.arm_impressions.labels(self.name, a) for a in self._arms],
@@ -97,25 +114,43 @@ class ArmTracker:
             if index is None:
                 return
             raw = self.state.value()
-            log = bytes(raw) if raw else None
             keys = [key_of(i) for i in shown] if shown else [key_of(item)]
-            self.state.update(record_impressions(log, keys, ts, self._key, index, self._max))
+            log = record_impressions(
+                bytes(raw) if raw else None, keys, ts, self._key, index, self._max
+            )
             self._count(action, index, len(keys))
+            if self._grace_ms and (held := self.held.value()):
+                log, still, settled = settle(
+                    log, bytes(held), keys, self._key, ts,
+                    self._window_ms, self._skew_ms, self._grace_ms,
+                )  # fmt: skip
+                if len(still) != len(held):
+                    self._update_held(still)
+                for held_action, arm_index in settled:
+                    self._count(held_action, arm_index)
+            self.state.update(log)
         elif action in ATTRIBUTED:
             raw = self.state.value()
-            if not raw:
-                return
-            credited = attribute(
-                bytes(raw), key_of(item), self._key, action, ts, self._window_ms, self._skew_ms
+            key = key_of(item)
+            credited = (
+                attribute(bytes(raw), key, self._key, action, ts, self._window_ms, self._skew_ms)
+                if raw
+                else None
             )
             if credited is not None:
                 log, index = credited
                 self.state.update(log)
                 self._count(action, index)
+            elif self._grace_ms:
+                held = self.held.value()
+                self.held.update(
+                    hold(bytes(held) if held else None, key, action, ts, self._grace_ms, HELD_MAX)
+                )
 
     def forget(self) -> None:
-        """Drop the current user's impression log (right to be forgotten)."""
+        """Drop the current user's impression log and held actions (right to be forgotten)."""
         self.state.clear()
+        self.held.clear()
 
     def close(self) -> None:
         """Stop the writer thread and write what is still buffered."""
@@ -137,6 +172,12 @@ class ArmTracker:
             with self._lock:
                 for key, n in pending.items():
                     self._pending[key] = self._pending.get(key, 0) + n
+
+    def _update_held(self, held: bytes) -> None:
+        if held:
+            self.held.update(held)
+        else:
+            self.held.clear()
 
     def _count(self, action: str, index: int, n: int = 1) -> None:
         self._counters[action][index].inc(n)

@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="address the recommendation API binds")
     api_port: int = Field(8000, ge=1, le=65535, description="port of the recommendation API")
     api_workers: int = Field(
-        1, ge=1, le=32, description="API worker processes (uvicorn workers on the same port)"
+        2, ge=1, le=32, description="API worker processes (uvicorn workers on the same port)"
     )
     diversity_lambda: float = Field(
         0.0, ge=0, le=1, description="default diversity of served lists, 0 = relevance order"
@@ -193,6 +193,13 @@ class Settings(BaseSettings):
     )
     attribution_impressions_max: int = Field(
         100, ge=1, le=10_000, description="impressions kept per user for attribution"
+    )
+    attribution_grace_ms: int = Field(
+        10_000,
+        ge=0,
+        le=3_600_000,
+        description="an action that reaches the job before its impression is still credited "
+        "to it when it happened at most this long after it; 0 = off",
     )
 
     # --- embedded stack ------------------------------------------------------------------

@@ -15,6 +15,17 @@ two items of one user's log colliding is a ~1e-15 event and would credit the wro
 impression. Appending is a bytes concatenation (one per served list: a list impression adds
 one record per item shown, in the order shown); looking up is a reverse byte search for the
 item's hash (a few microseconds for a log of 100).
+
+Actions can reach the job before the impression they belong to (the API logs a list's
+impression while the shopper's click may travel through another API worker and arrive first).
+An action that finds nothing to credit is therefore *held* in a :data:`HeldActions` buffer
+of fixed 17-byte :data:`HELD` records (item hash, timestamp, action flag), and an impression
+that arrives later credits the held actions on its items that happened at most ``grace_ms``
+after it (:func:`settle`; the rest of the rule as above). Such a race only spans the time an
+impression takes to reach the job, so a small ``grace_ms`` suffices, and a click that came
+long after its list is credited only when the list's impression arrived first. The buffer is
+bounded by ``max_held`` records (oldest dropped first); a held action also goes when the user
+holds another one more than ``grace_ms`` later (:func:`hold`).
 """
 
 from __future__ import annotations
@@ -25,12 +36,16 @@ from collections.abc import Sequence
 
 __all__ = [
     "ATTRIBUTED",
+    "HELD",
     "RECORD",
+    "HeldActions",
     "ImpressionLog",
     "attribute",
+    "hold",
     "key_of",
     "record_impression",
     "record_impressions",
+    "settle",
 ]
 
 RECORD = struct.Struct("<QqIBB")
@@ -38,8 +53,12 @@ RECORD = struct.Struct("<QqIBB")
 ATTRIBUTED: dict[str, int] = {"click": 1, "add_to_cart": 2, "purchase": 4}
 """Actions that are attributed, and the flag each sets on the impression it is credited to."""
 ImpressionLog = bytes
+HELD = struct.Struct("<QqB")
+"""One held action: item hash, event time (ms), its :data:`ATTRIBUTED` flag."""
+HeldActions = bytes
 _SIZE = RECORD.size
 _FLAGS_OFFSET = _SIZE - 1
+_ACTION_OF_FLAG = {flag: action for action, flag in ATTRIBUTED.items()}
 
 
 def key_of(text: str, size: int = 8) -> int:
@@ -138,3 +157,75 @@ def _latest(log: bytes, item: int, experiment: int) -> tuple[int, tuple[int, ...
                 return position, fields
         end = position + len(needle) - 1  # earlier matches only (they may overlap this one)
     return None
+
+
+def hold(
+    held: HeldActions | None, item: int, action: str, ts: int, grace_ms: int, max_held: int
+) -> HeldActions:
+    """``held`` with one more action awaiting its impression; held actions more than
+    ``grace_ms`` older than ``ts`` are dropped, and the oldest beyond ``max_held``.
+
+    >>> held = hold(None, key_of("a"), "click", 1000, grace_ms=5000, max_held=8)
+    >>> held = hold(held, key_of("b"), "purchase", 9000, grace_ms=5000, max_held=8)
+    >>> len(held) // HELD.size   # the click at 1000 waited longer than 5 s of event time
+    1
+    """
+    kept = _unexpired(held or b"", ts - grace_ms) + HELD.pack(item, ts, ATTRIBUTED[action])
+    excess = len(kept) - max_held * HELD.size
+    return kept[excess:] if excess > 0 else kept
+
+
+def settle(
+    log: ImpressionLog,
+    held: HeldActions,
+    shown: Sequence[int],
+    experiment: int,
+    ts: int,
+    window_ms: int,
+    skew_ms: int,
+    grace_ms: int,
+) -> tuple[ImpressionLog, HeldActions, list[tuple[str, int]]]:
+    """Credit the held actions on the items of an impression that has just been recorded in
+    ``log`` (``shown``: its item hashes, ``ts``: its time): those at most ``grace_ms`` later
+    than the impression, by the rule of :func:`attribute`.
+
+    Returns the updated log, the actions still held (all but the credited ones) and
+    ``(action, arm index)`` per credited action.
+
+    >>> e = key_of("exp", 4)
+    >>> held = hold(None, key_of("a"), "click", 1500, grace_ms=5000, max_held=8)
+    >>> log = record_impressions(None, [key_of("a"), key_of("b")], 1000, e, 1, max_entries=10)
+    >>> log, held, credited = settle(log, held, [key_of("a"), key_of("b")], e, 1000,
+    ...                              window_ms=60_000, skew_ms=0, grace_ms=5000)
+    >>> credited, held
+    ([('click', 1)], b'')
+    >>> held = hold(None, key_of("b"), "click", 7000, grace_ms=5000, max_held=8)
+    >>> settle(log, held, [key_of("b")], e, 1000, 60_000, 0, 5000)[2]   # 6 s after the list
+    []
+    """
+    wanted = set(shown)
+    credited: list[tuple[str, int]] = []
+    still = bytearray()
+    for offset in range(0, len(held), HELD.size):
+        item, action_ts, flag = HELD.unpack_from(held, offset)
+        if item in wanted and action_ts - ts <= grace_ms:
+            action = _ACTION_OF_FLAG[flag]
+            found = attribute(log, item, experiment, action, action_ts, window_ms, skew_ms)
+            if found is not None:
+                log, arm = found
+                credited.append((action, arm))
+                continue
+        still += held[offset : offset + HELD.size]
+    return log, bytes(still), credited
+
+
+def _unexpired(held: bytes, oldest_ts: int) -> bytes:
+    """The records of ``held`` whose time is at least ``oldest_ts`` (order kept)."""
+    if not held:
+        return held
+    keep = [
+        held[o : o + HELD.size]
+        for o in range(0, len(held), HELD.size)
+        if HELD.unpack_from(held, o)[1] >= oldest_ts
+    ]
+    return b"".join(keep)

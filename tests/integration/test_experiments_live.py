@@ -252,6 +252,44 @@ def test_the_job_counts_impressions_and_attributed_actions_per_arm(
     assert "vs control online_mf" in report
 
 
+def test_a_click_that_reaches_the_job_before_its_impression_is_still_credited(
+    running_job: RunningJob,
+) -> None:
+    """With several API workers a click can overtake its list's impression on the way to
+    Kafka: the job holds it for ``attribution_grace_ms`` of event time and credits it when the
+    impression arrives, if it came at most the grace after the list was served."""
+    settings = running_job.settings.with_overrides(experiment=LIVE_EXPERIMENT)
+    grace = settings.attribution_grace_ms
+    pre_initialised = ("flywheel_job_arm_clicks_total", "trending")
+    running_job.wait_for(lambda: pre_initialised in _arm_metrics(settings))
+    before = read_counts(running_job.redis, settings.redis_prefix, "live-ab")
+    tag, now = uuid.uuid4().hex[:6], _now()
+    early, late = f"early-{tag}", f"late-{tag}"
+    listed = {"experiment": "live-ab", "arm": "trending", "propensity": 0.5}
+    events = [
+        # early: the click and cart add on x2 arrive first, then the list that showed x2
+        _event(early, "x2", "click", now + 800), _event(early, "x2", "add_to_cart", now + 900),
+        _event(early, "", "impression", now, item_ids=["x1", "x2", "x3"], **listed),
+        # late: y1's click came too long after the list to have overtaken its impression
+        _event(late, "y1", "click", now + grace + 1),
+        _event(late, "", "impression", now, item_ids=["y1", "y2"], **listed),
+    ]  # fmt: skip
+    with running_job.producer() as producer:
+        for event in events:
+            if not event["item_id"]:
+                del event["item_id"]
+            producer.send(event)
+    expected = ArmCounts(impressions=5, clicks=1, add_to_carts=1)
+
+    def delta() -> ArmCounts:
+        after = read_counts(running_job.redis, settings.redis_prefix, "live-ab")
+        return _minus(after.get("trending"), before.get("trending"))
+
+    running_job.wait_for(lambda: delta() == expected)
+    time.sleep(1.5)  # a wrongly credited click would show up within a few flushes
+    assert delta() == expected
+
+
 def _minus(after: ArmCounts | None, before: ArmCounts | None) -> ArmCounts:
     a, b = after or ArmCounts(), before or ArmCounts()
     return ArmCounts(

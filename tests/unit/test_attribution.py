@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from online_models.attribution import (
+    HELD,
     RECORD,
+    HeldActions,
     ImpressionLog,
     attribute,
+    hold,
     key_of,
     record_impression,
     record_impressions,
+    settle,
 )
 
 EXP = key_of("exp", 4)
@@ -95,3 +99,58 @@ def test_a_long_list_keeps_only_the_newest_entries() -> None:
     assert len(log) == 3 * RECORD.size
     assert _credit(log, "old", "click", 2000) is None  # pushed out by the list
     assert _credit(log, "a", "click", 2000) == 0
+
+
+# --- actions that arrive before their impression ------------------------------------------------
+GRACE = 10_000
+
+
+def _held(*actions: tuple[str, str, int], max_held: int = 32) -> HeldActions:
+    """Held ``(item, action, ts)`` actions, oldest first."""
+    held: HeldActions | None = None
+    for item, action, ts in actions:
+        held = hold(held, key_of(item), action, ts, GRACE, max_held)
+    assert held is not None
+    return held
+
+
+def _arrives(
+    log: ImpressionLog | None, held: HeldActions, items: list[str], ts: int, arm: int
+) -> tuple[ImpressionLog, HeldActions, list[tuple[str, int]]]:
+    """A list impression of ``items`` at ``ts`` arrives: recorded, then the held settled."""
+    keys = [key_of(i) for i in items]
+    log = record_impressions(log, keys, ts, EXP, arm, 100)
+    return settle(log, held, keys, EXP, ts, HOUR, 0, GRACE)
+
+
+def test_a_click_that_arrives_before_its_impression_is_credited_when_it_arrives() -> None:
+    held = _held(("b", "click", 1500), ("b", "add_to_cart", 1600), ("z", "click", 1700))
+    log, held, credited = _arrives(None, held, ["a", "b", "c"], 1000, arm=1)
+    assert credited == [("click", 1), ("add_to_cart", 1)]
+    assert held == _held(("z", "click", 1700))  # not shown in that list: still waiting
+    # the credit is in the log: the same click arriving again is not counted twice
+    assert attribute(log, key_of("b"), EXP, "click", 1500, HOUR) is None
+    assert _credit(log, "b", "purchase", 2000) == 1  # the list's other actions stay open
+
+
+def test_held_actions_follow_the_attribution_rule() -> None:
+    # a click long before the impression (beyond the clock skew) stays uncredited; an impression
+    # of another experiment credits nothing
+    held = _held(("a", "click", 500))
+    _, still, credited = _arrives(None, held, ["a"], 5000, arm=0)
+    assert (credited, still) == ([], held)
+    log = record_impressions(None, [key_of("a")], 400, key_of("other", 4), 0, 100)
+    assert settle(log, held, [key_of("a")], EXP, 400, HOUR, 0, GRACE)[2] == []
+
+
+def test_only_actions_soon_after_a_late_impression_are_credited_and_the_held_are_bounded() -> None:
+    held = _held(("a", "click", 1000 + GRACE), ("b", "click", 1000 + GRACE + 1))
+    _, still, credited = _arrives(None, held, ["a", "b"], 1000, arm=0)
+    assert credited == [("click", 0)]  # b came too long after the list to have raced it
+    assert still == _held(("b", "click", 1000 + GRACE + 1))
+    held = _held(("a", "click", 1000), ("b", "click", 1000 + GRACE + 1))
+    assert held == _held(("b", "click", 1000 + GRACE + 1))  # a newer held action expires a
+    many = _held(*((f"i{n}", "click", 5000 + n) for n in range(40)), max_held=32)
+    assert len(many) == 32 * HELD.size
+    _, _, credited = _arrives(None, many, ["i7", "i8", "i39"], 5000, arm=0)
+    assert credited == [("click", 0), ("click", 0)]  # i8 and i39 (i0..i7 fell out)
