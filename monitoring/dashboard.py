@@ -339,6 +339,22 @@ def _api() -> list[Panel]:
             (_api_error_ratio("5.."), "5xx"),
             (_api_error_ratio("4.."), "4xx"),
         ),
+        _timeseries(
+            "API memory (RSS)",
+            "Resident memory of each API instance's processes (its worker processes and their "
+            "supervisor), summed. About 75 MB per worker; sizing: docs/operations.md.",
+            "bytes",
+            ("sum by (instance) (flywheel_api_resident_memory_bytes)", "{{instance}}"),
+        ),
+        _timeseries(
+            "API CPU (cores) and processes",
+            "CPU time the API's processes use per second (1 = one core) and how many processes "
+            "each instance runs. Compare with requests/s: about 1 ms of CPU per list request on "
+            "the development machine.",
+            "none",
+            (_rate("flywheel_api_cpu_seconds_total", "instance"), "CPU {{instance}}"),
+            ("sum by (instance) (flywheel_api_processes)", "processes {{instance}}"),
+        ),
     ]
 
 

@@ -7,7 +7,8 @@ strategies come from fixed tuples; never a user or item id. The labelled childre
 per label combination (bounded by those sets), so a request costs no label lookup. With
 several API worker processes, ``prometheus_client``'s multiprocess mode keeps each process's
 values in a shared directory (one small memory-mapped file per process and metric type) and
-``/metrics`` sums them.
+``/metrics`` sums them. Memory and CPU of the API's processes come from
+:mod:`serving.process_stats` at scrape time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
+from serving.process_stats import ApiProcessCollector
 from serving.recommend import SCENES
 
 __all__ = ["ENDPOINTS", "MULTIPROCESS_DIR_ENV", "ApiMetrics", "endpoint_of"]
@@ -93,6 +95,8 @@ class ApiMetrics:
         self.impressions_lost = Counter(
             f"{ns}_impressions_lost", "Impression events dropped or not delivered", registry=reg
         )
+        if not os.environ.get(MULTIPROCESS_DIR_ENV):  # else added to each merged exposition
+            reg.register(ApiProcessCollector())
         self._by_request: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._by_list: dict[tuple[str, str], Any] = {}
         self._preinitialise()
@@ -110,10 +114,12 @@ class ApiMetrics:
     def exposition(self) -> bytes:
         """The text exposition: this registry's metrics, or, with several worker processes
         (:data:`MULTIPROCESS_DIR_ENV` set), the sum over all of them."""
-        if not os.environ.get(MULTIPROCESS_DIR_ENV):
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not directory:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
+        merged.register(ApiProcessCollector(directory))
         return generate_latest(merged)
 
     def lists_served_counter(self, scene: str, strategy: str) -> Any:

@@ -282,3 +282,14 @@ def test_the_api_and_memory_panels_show_the_requests_made(scraped: Scraped) -> N
 
     rss = _values(scraped.query(_panel_expr("Python worker memory (RSS)")))
     assert len(rss) == 1 and rss[0] > 0, rss
+    # the API's processes: its workers and, with several, their supervisor
+    workers = scraped.job.settings.api_workers
+    cpu_and_processes = "API CPU (cores) and processes"
+    (processes,) = _values(scraped.query(_panel_expr(cpu_and_processes, "B")))
+    assert processes == workers + (1 if workers > 1 else 0), processes
+    (api_rss,) = _values(scraped.query(_panel_expr("API memory (RSS)")))
+    assert api_rss > 20e6 * processes, api_rss  # Python processes with their imports
+    scraped.wait_for(
+        lambda: any(v > 0 for v in _values(scraped.query(_panel_expr(cpu_and_processes)))),
+        "API CPU time above 0",
+    )

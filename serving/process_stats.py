@@ -1,0 +1,91 @@
+"""Memory and CPU of the API's processes, read from ``/proc`` when ``/metrics`` is scraped.
+
+``prometheus_client``'s own process collector does not work with several worker processes
+(multiprocess mode), and each worker would report only itself. :class:`ApiProcessCollector`
+instead finds the API's processes at scrape time and reports their sums:
+
+- one worker (the default for a single process): the process itself;
+- several workers: every live process that has written metrics to the shared multiprocess
+  directory (files ``<type>_<pid>.db``, one set per worker) plus the uvicorn supervisor that
+  started them (the scraping worker's parent).
+
+Metrics: ``flywheel_api_resident_memory_bytes`` (sum of resident set sizes),
+``flywheel_api_cpu_seconds_total`` (user + system CPU of the live processes; it drops when a
+worker is replaced, which Prometheus's ``rate`` reads as a counter reset) and
+``flywheel_api_processes``. State: none; each scrape reads a few small ``/proc`` files per
+process. On a system without ``/proc`` the collector reports nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["ApiProcessCollector", "api_pids", "process_usage"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+_PROC = Path("/proc")
+
+
+def api_pids(multiprocess_dir: str | None) -> list[int]:
+    """The API's live process ids: this process alone, or with a multiprocess directory the
+    workers that write there and their supervisor (this process's parent)."""
+    if not multiprocess_dir:
+        return [os.getpid()]
+    pids = {os.getpid(), os.getppid()}
+    for name in os.listdir(multiprocess_dir):
+        found = _PID_FILE.search(name)
+        if found:
+            pids.add(int(found.group(1)))
+    return sorted(pid for pid in pids if pid > 1 and (_PROC / str(pid)).exists())
+
+
+def process_usage(pid: int) -> tuple[int, float] | None:
+    """``(resident bytes, CPU seconds)`` of process ``pid``, ``None`` if it is gone.
+
+    >>> rss, cpu = process_usage(os.getpid())
+    >>> rss > 0 and cpu >= 0
+    True
+    """
+    try:
+        statm = (_PROC / str(pid) / "statm").read_text().split()
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
+    utime, stime = int(fields[11]), int(fields[12])
+    return int(statm[1]) * _PAGE, (utime + stime) / _TICKS
+
+
+class ApiProcessCollector(Collector):
+    """Reports the summed memory and CPU of the API's processes (see the module doc)."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self._dir = multiprocess_dir
+
+    def collect(self) -> Iterator[Metric]:
+        usages = [u for u in map(process_usage, api_pids(self._dir)) if u is not None]
+        if not usages:
+            return
+        yield _gauge(
+            "flywheel_api_resident_memory_bytes",
+            "Resident memory of the API's processes (workers and their supervisor), summed",
+            sum(rss for rss, _ in usages),
+        )
+        yield CounterMetricFamily(
+            "flywheel_api_cpu_seconds",
+            "User and system CPU time of the API's live processes, summed",
+            value=sum(seconds for _, seconds in usages),
+        )
+        yield _gauge("flywheel_api_processes", "Live processes of the API", len(usages))
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
