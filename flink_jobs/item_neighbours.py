@@ -2,9 +2,10 @@
 
 Flow. For every learnable event (action weight > 0) the users operator, which holds each
 user's :class:`~online_models.neighbours.ItemContext`, emits ONE record on the side output
-:data:`ITEM_CONTEXT`: the event's item ``y``, time, weight, and its context (the user's last
-``neighbour_context`` distinct other items within ``neighbour_gap_s``, each with a pair weight
-and the item's windowed popularity from the users operator's trending counts). The record is
+:data:`ITEM_CONTEXT` (as ``Row(y, record)``): the event's item ``y``, time, weight, and its
+context (the user's last ``neighbour_context`` distinct other items within ``neighbour_gap_s``,
+each with a pair weight and the item's windowed popularity from the users operator's trending
+counts). The record is
 keyed by ``y`` into :class:`ItemNeighbours`, which adds the context to ``y``'s
 :class:`~online_models.neighbours.NeighbourCounts` and rewrites ``y``'s list
 ``{prefix}:rec:product:{y}``.
@@ -74,7 +75,8 @@ __all__ = [
 
 # item, ts, action weight, context JSON [[other item, pair weight, popularity], ...]
 CONTEXT_TYPE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.DOUBLE(), Types.STRING()])
-ITEM_CONTEXT = OutputTag("item-context", CONTEXT_TYPE)
+# Row(item, record): the side output carries its key, read on the Java side (flink_jobs.job)
+ITEM_CONTEXT = OutputTag("item-context", Types.ROW([Types.STRING(), CONTEXT_TYPE]))
 _MAX_BATCH_ITEMS = 1024
 _DECODED_ITEMS = 2000  # a full item (200 neighbours) decodes to ~40 kB of Python objects
 _MARKED_ITEMS = 200_000  # ~150 bytes each

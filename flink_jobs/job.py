@@ -4,12 +4,12 @@ Graph::
 
     KafkaSource(events) -> ParseEvents --side output--> KafkaSink(events.dlq)
                               |
-                        key_by(user)
+                        key_by(user, read in Java)
                               |
     KafkaSource(item-sync) -> broadcast -> UserProcessor -> KafkaSink(item-sync)
                                                 |    \\
                                                 |     side output: one item-context record
-                                                |     per learnable event, key_by(item)
+                                                |     per learnable event, key_by(item in Java)
                                                 |        -> ItemNeighbours -> Redis (product lists)
                                               Redis (lists, features, trending)
 
@@ -93,7 +93,8 @@ def build(env, settings: Settings) -> None:
         WatermarkStrategy.no_watermarks(),
         "events",
     ).uid("events-source")
-    parsed = events.process(ParseEvents(settings), output_type=EVENT_TYPE).uid("parse")
+    keyed_events = Types.ROW([Types.STRING(), EVENT_TYPE])  # Row(user, event): see _keyed
+    parsed = events.process(ParseEvents(settings), output_type=keyed_events).uid("parse")
     parsed.get_side_output(DEAD_LETTERS).sink_to(_sink(settings, settings.dlq_topic)).uid(
         "dlq-sink"
     )
@@ -102,7 +103,7 @@ def build(env, settings: Settings) -> None:
         WatermarkStrategy.no_watermarks(),
         "item-sync",
     ).uid("item-sync-source")
-    keyed = parsed.key_by(lambda e: e[1], key_type=Types.STRING())
+    keyed = _keyed(parsed._j_data_stream)
     out = (
         keyed.connect(deltas.broadcast(ITEMS_DESCRIPTOR))
         .process(UserProcessor(settings), output_type=Types.STRING())
@@ -111,12 +112,32 @@ def build(env, settings: Settings) -> None:
     )
     out.sink_to(_sink(settings, settings.item_sync_topic)).uid("item-sync-sink")
     (
-        out.get_side_output(ITEM_CONTEXT)
-        .key_by(lambda record: record[0], key_type=Types.STRING())
+        _keyed(out._j_data_stream.getSideOutput(ITEM_CONTEXT.get_java_output_tag()))
         .process(ItemNeighbours(settings))
         .uid("item-neighbours")
         .name("item-neighbours")
     )
+
+
+def _keyed(j_stream):
+    """``j_stream``, whose records are ``Row(key, value)`` with a string key, keyed by that key.
+
+    PyFlink's ``key_by`` puts a Python operator in front of the key-by that builds these rows
+    from a Python key selector (and ``get_side_output`` an identity Python map before it): two
+    more entries into Python per record. Our operators emit the rows themselves
+    (:class:`~flink_jobs.parse.ParseEvents`, the item-context side output of
+    :class:`~flink_jobs.user_processor.UserProcessor`), so Java reads the key from field 0 and
+    the keyed Python function receives ``value`` as it would after ``key_by``.
+    """
+    from pyflink.common import Types
+    from pyflink.common.typeinfo import _from_java_type
+    from pyflink.datastream.data_stream import DataStream, KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    selector = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.KeyByKeySelector
+    j_keyed = j_stream.keyBy(selector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    value_type = _from_java_type(j_stream.getType().getTypeAt(1))
+    return KeyedStream(j_keyed, value_type, DataStream(j_stream))
 
 
 def _source(settings: Settings, topic: str, group: str | None, start: str):

@@ -1,6 +1,7 @@
 """First operator: validate raw payloads, pseudonymise users, split off dead letters.
 
-Stateless. Accepted events continue as :data:`~flink_jobs.user_processor.EVENT_TYPE` tuples;
+Stateless. Accepted events continue as ``Row(user, event)``, the event an
+:data:`~flink_jobs.user_processor.EVENT_TYPE` tuple, keyed by its first field on the Java side;
 rejected payloads leave through the side output :data:`DEAD_LETTERS` as dead-letter records
 (original payload + reason + detail) and are counted by reason.
 
@@ -18,7 +19,7 @@ import time
 from typing import Any
 
 import orjson
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
 from flywheel.events import Rejection, check_event, dead_letter
@@ -52,11 +53,11 @@ class ParseEvents(ProcessFunction):
             yield DEAD_LETTERS, dead_letter(value, parsed, now_ms).decode()
             return
         ingest = ctx.timestamp() or now_ms
-        yield (
+        yield Row(parsed.user, (
             parsed.event_id, parsed.user, parsed.item, parsed.action, parsed.ts,
             parsed.scene, parsed.category, parsed.brand, parsed.price, int(ingest),
             parsed.experiment, parsed.arm, encode_shown(parsed.items),
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 def encode_shown(items: tuple[str, ...]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 import redis
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor
 from threadpoolctl import threadpool_limits
@@ -168,7 +168,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if self.queue.is_due(int(time.time() * 1000)):
             self._refresh()
         if pairs is not None:  # keyed by item into the item-to-item lists
-            yield ITEM_CONTEXT, pairs
+            yield ITEM_CONTEXT, Row(pairs[0], pairs)
         yield from self._publish(force=False)
 
     # --- input 2: item deltas from every subtask -------------------------------------------
