@@ -129,8 +129,8 @@ class ListQueue:
     >>> q = ListQueue(interval_ms=1000, max_items=2)
     >>> q.mark("a", NeighbourCounts(), now_ms=0), q.is_due(999), q.is_due(1000)
     (1000, False, True)
-    >>> sorted(q.take()), q.dirty, q.last_flushed
-    (['a'], {}, {'a'})
+    >>> sorted(q.take()), q.dirty, q.restored(999), q.restored(1000)
+    (['a'], {}, True, False)
     """
 
     def __init__(
@@ -143,16 +143,24 @@ class ListQueue:
         self.interval_ms, self.max_items, self.max_marks = interval_ms, max_items, max_marks
         self.mark_ttl_ms = mark_ttl_ms
         self.dirty: dict[str, NeighbourCounts] = {}
-        self.last_flushed: set[str] = set()
         self.due_at: int | None = None
+        self.first_due: int | None = None  # due time of the first batch this queue opened
         self._marks: dict[str, tuple[ListMark, int]] = {}  # item -> (mark, written at, ms)
 
     def mark(self, item: str, counts: NeighbourCounts, now_ms: int) -> int:
         """Queue ``item`` with ``counts`` (replacing an older snapshot); when the batch is due."""
         if not self.dirty or self.due_at is None:
             self.due_at = now_ms + self.interval_ms
+            if self.first_due is None:
+                self.first_due = self.due_at
         self.dirty[item] = counts
         return self.due_at
+
+    def restored(self, timer_ms: int) -> bool:
+        """Whether a timer due at ``timer_ms`` was set before this queue opened its first batch:
+        restored from a checkpoint, its batch lost. A later timer's batch was written already
+        unless its item is still queued, however late the timer fires."""
+        return self.first_due is None or timer_ms < self.first_due
 
     def is_due(self, now_ms: int) -> bool:
         """Whether the open batch should be written now."""
@@ -163,7 +171,6 @@ class ListQueue:
     def take(self) -> dict[str, NeighbourCounts]:
         """Remove and return every queued item."""
         batch, self.dirty = self.dirty, {}
-        self.last_flushed = set(batch)
         self.due_at = None
         return batch
 
@@ -227,7 +234,7 @@ class ItemNeighbours(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: Any):
         item = ctx.get_current_key()
-        if item not in self.queue.dirty and item not in self.queue.last_flushed:
+        if item not in self.queue.dirty and self.queue.restored(timestamp):
             raw = self.state.value()  # a timer restored from a checkpoint: queue lost
             if raw:
                 self._queue(item, decode_counts(raw, self.settings), ctx)

@@ -4,8 +4,9 @@ State kept (:class:`RefreshQueue`, per subtask, in memory): one entry per user w
 due, holding a copy of what the refresh needs (factor vector, items to exclude, features, the
 ingest times of the events it covers). A user appears at most once, so the queue is bounded
 by the number of distinct users active within one coalescing interval. The queue is not
-persisted: Flink's processing-time timers are, and a timer that fires for a user missing from
-the queue (after a restore) re-reads the user's state and refreshes it.
+persisted: Flink's processing-time timers are, and a timer restored from a checkpoint (due
+before this queue's first batch: :meth:`RefreshQueue.restored`) for a user missing from the
+queue re-reads the user's state and refreshes it.
 """
 
 from __future__ import annotations
@@ -62,16 +63,16 @@ class RefreshQueue:
     than once per interval.
 
     >>> q = RefreshQueue(coalesce_ms=250, max_users=2)
-    >>> q.due_at is None, q.is_due(0)
-    (True, False)
+    >>> q.due_at is None, q.is_due(0), q.restored(0)
+    (True, False, True)
     """
 
     def __init__(self, coalesce_ms: int = 250, max_users: int = 1024) -> None:
         self.coalesce_ms = coalesce_ms
         self.max_users = max_users
         self.dirty: dict[str, DirtyUser] = {}
-        self.last_flushed: set[str] = set()
         self.due_at: int | None = None
+        self.first_due: int | None = None  # due time of the first batch this queue opened
 
     def is_due(self, now_ms: int) -> bool:
         """Whether the open batch should be refreshed now."""
@@ -79,10 +80,19 @@ class RefreshQueue:
             return False
         return now_ms >= self.due_at or len(self.dirty) >= self.max_users
 
+    def restored(self, timer_ms: int) -> bool:
+        """Whether a timer due at ``timer_ms`` was set before this queue opened its first batch,
+        i.e. it comes from a checkpoint and its batch was lost. Every later timer belongs to a
+        batch of this queue: refreshed already unless its user is still queued (however late
+        the timer fires, e.g. after several batches were refreshed by size)."""
+        return self.first_due is None or timer_ms < self.first_due
+
     def mark(self, user: str, state: UserState, settings: Settings, ingest_ms: int, ts: int) -> int:
         """Queue ``user`` with a snapshot of ``state``; returns when the batch is due (ms)."""
         if not self.dirty or self.due_at is None:
             self.due_at = int(time.time() * 1000) + self.coalesce_ms
+            if self.first_due is None:
+                self.first_due = self.due_at
         previous = self.dirty.get(user)
         ingest = previous.ingest_ms if previous else []
         ingest.append(ingest_ms)
@@ -92,7 +102,6 @@ class RefreshQueue:
     def take(self) -> dict[str, DirtyUser]:
         """Remove and return every queued user."""
         batch, self.dirty = self.dirty, {}
-        self.last_flushed = set(batch)
         self.due_at = None
         return batch
 

@@ -193,8 +193,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
     # --- timers: coalesced refreshes ---------------------------------------------------------
     def on_timer(self, timestamp: int, ctx: Any):
         user = ctx.get_current_key()
-        if user not in self.queue.dirty and user not in self.queue.last_flushed:
-            state = decode_state(self.user_state.value(), self.settings)  # after a restore
+        if user not in self.queue.dirty and self.queue.restored(timestamp):
+            state = decode_state(self.user_state.value(), self.settings)  # its batch was lost
             if state.n_events:
                 now = int(time.time() * 1000)
                 due = self.queue.mark(user, state, self.settings, now, 0)

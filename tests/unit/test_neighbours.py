@@ -150,6 +150,19 @@ def test_the_write_queue_coalesces_items_into_one_batch_per_interval() -> None:
     assert queue.is_due(1203), "a full batch is due at once"
 
 
+def test_only_timers_due_before_the_first_batch_count_as_restored() -> None:
+    queue = ListQueue(interval_ms=1000, max_items=2)
+    assert queue.restored(5_000), "no batch opened yet: any timer comes from a checkpoint"
+    assert queue.mark("a", NeighbourCounts(), now_ms=100) == 1100
+    queue.mark("b", NeighbourCounts(), now_ms=150)
+    queue.take()  # full: written before its timers fire
+    assert queue.mark("c", NeighbourCounts(), now_ms=200) == 1200
+    queue.take()
+    assert not queue.restored(1100), "a late timer of a batch written two batches ago"
+    assert not queue.restored(1200)
+    assert queue.restored(1099), "due before this queue's first batch: its batch was lost"
+
+
 Context = list[tuple[str, float, float]]
 
 
