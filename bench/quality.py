@@ -9,6 +9,7 @@
     python -m bench.quality --strategies online_mf online_mf_plain \
         --online-mf-params '{"n_factors": 32}' \
         --repeat-params '{"weight": 4, "offset": -3, "discovery_slots": 2, "half_life_s": 2592000}'
+    python -m bench.quality --repeat-space '{"rebuy_weight": [0, 1, 2]}'   # item rebuy rates too
 
 Steps: load the stream; tune online MF (and, for fairness, the batch ALS's confidence scale
 and regularisation) on the first ``--tune-fraction`` of its time, then the repeat term of
@@ -70,7 +71,13 @@ from online_models.strategies import (
     RiverMFStrategy,
     Strategy,
 )
-from online_models.tuning import ONLINE_MF_SPACE, tune, tune_repeat, tuning_cutoff
+from online_models.tuning import (
+    ONLINE_MF_SPACE,
+    REPEAT_SPACE,
+    tune,
+    tune_repeat,
+    tuning_cutoff,
+)
 
 __all__ = ["main"]
 
@@ -80,6 +87,10 @@ SCHEDULES = {**_PLAIN_SCHEDULES, **{f"{n}_repeat": s for n, s in _PLAIN_SCHEDULE
 COLUMNS = (
     "hr@10", "ndcg@10", "coverage", "hr@10_first_time", "ndcg@10_first_time",
     "hr@10_repeat", "ndcg@10_repeat",
+)  # fmt: skip
+_RUN_FACTS = frozenset(
+    {"command", "date", "events", "events_scored_from_ts", "exclude_seen", "chosen_params",
+     "run_s", "loadavg_1m_at_end"}
 )  # fmt: skip
 SYNTHETIC_USERS, SYNTHETIC_ITEMS, SYNTHETIC_RATE_PER_S = 2000, 5000, 0.5
 
@@ -121,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=json.loads,
             help="JSON weight, offset, discovery_slots, half_life_s: skip tuning, use these",
         )
+    p.add_argument(
+        "--repeat-space",
+        type=json.loads,
+        help="JSON: override keys of the repeat-term grid (online_models.tuning.REPEAT_SPACE) "
+        "for both models, e.g. '{\"rebuy_weight\": [0, 1, 2]}' to tune the item rebuy rates",
+    )
     p.add_argument(
         "--batch-repeat-floor",
         type=float,
@@ -226,20 +243,23 @@ def tune_models(args: argparse.Namespace, events: list[Event], exclude: bool) ->
         "log": say,
     }
     window = int(args.window_days * DAY_S)
+    common["space"] = {**REPEAT_SPACE, **(args.repeat_space or {})}
     mf = args.online_mf_params
     mf_needed = _selected(args, "online_mf") or _selected(args, "online_mf_plain")
+    plain_common = {k: v for k, v in common.items() if k != "space"}
     if mf is None and mf_needed and args.tune_budget > 0:
         make_mf = functools.partial(OnlineMFStrategy, window_s=window)
         mf = tune(
-            lambda p: make_mf(**p), ONLINE_MF_SPACE, events, budget=args.tune_budget, **common
-        )[0].params
+            lambda p: make_mf(**p), ONLINE_MF_SPACE, events, budget=args.tune_budget,
+            **plain_common,
+        )[0].params  # fmt: skip
     mf = mf or {}
     als = args.als_params
     if als is None and any(_selected(args, s) for s in args.schedules):
         make_als = functools.partial(
             BatchALSStrategy, min(SCHEDULES[s] for s in args.schedules), window_s=window
         )
-        als = tune(lambda p: make_als(**p), ALS_SPACE, events, budget=6, **common)[0].params
+        als = tune(lambda p: make_als(**p), ALS_SPACE, events, budget=6, **plain_common)[0].params
     als = als or {}
     repeat = args.repeat_params
     if repeat is None and _selected(args, "online_mf"):
@@ -281,6 +301,7 @@ def _tune_term(
         "tuning_first_time_hr": round(choice.first_time_hr, 5),
         "tuning_plain_hr": round(choice.plain_hr, 5),
         "tuning_plain_first_time_hr": round(choice.plain_first_time_hr, 5),
+        "tuning_frontier": [[round(f, 5), round(h, 5)] for f, h in choice.frontier],
     }
 
 
@@ -340,7 +361,7 @@ def flatten(
     complete: bool = True,
 ) -> Results:
     """``quality.<dataset>.<strategy>.<metric>`` keys, and ``batch_best`` for a ``complete``
-    run (a run of some strategies leaves the file's ``batch_best`` as it was)."""
+    run (after a run of some strategies :func:`main` recomputes it from the file)."""
     out: Results = {}
     for name, report in reports.items():
         for key, value in report.metrics().items():
@@ -357,6 +378,29 @@ def flatten(
         for key, value in reports[best].metrics().items():
             out[f"quality.{dataset}.batch_best.{key}"] = value
         out[f"quality.{dataset}.batch_best.is"] = best
+    return out
+
+
+def best_of_file(results: Results, dataset: str) -> Results:
+    """``batch_best`` recomputed from the batch schedules in the results file (after a run of
+    some strategies changed one): the schedule with the best HR@10, ``_matched`` variants
+    (tuned under another model's floor) left out, as in a complete run."""
+    prefix = f"quality.{dataset}."
+    names = {
+        key[len(prefix) :].split(".")[0]
+        for key in results
+        if key.startswith(prefix + "batch_") and key.endswith(".hr@10")
+    }
+    names = {n for n in names if n != "batch_best" and not n.endswith("_matched")}
+    if not names:
+        return {}
+    best = max(names, key=lambda n: float(results[f"{prefix}{n}.hr@10"]))
+    out: Results = {
+        f"{prefix}batch_best.{key[len(prefix + best) + 1 :]}": value
+        for key, value in results.items()
+        if key.startswith(f"{prefix}{best}.") and key.rsplit(".", 1)[1] not in _RUN_FACTS
+    }
+    out[f"{prefix}batch_best.is"] = best
     return out
 
 
@@ -401,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_save:  # a run of every strategy replaces the dataset's whole section
         section = None if args.strategies else f"quality.{dataset}."
         merged = merge_results(results, replace_prefix=section)
+        if args.strategies and any(n.startswith("batch_") for n in reports):
+            merged = merge_results(best_of_file(merged, dataset))
         plot = plot_quality(merged, dataset, args.k, RESULTS_DIR / f"quality_{dataset}.png")
         say(f"results merged into {LATEST}" + (f"; plot {plot}" if plot else ""))
     return 0

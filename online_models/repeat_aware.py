@@ -2,7 +2,8 @@
 
 Wraps a strategy that exposes a :class:`~online_models.strategies.FactorView` (our online MF,
 the scheduled batch ALS) and ranks with :mod:`online_models.repeat_term`: model score plus
-``weight * log1p(count) + offset`` on the items the user has a count for, at least
+``weight * log1p(count) + rebuy_weight * item rebuy logit + offset`` on the items the user has
+a count for, at least
 ``discovery_slots`` places for items new to the user. The base model learns exactly as
 without the wrapper; only ranking changes, so one pass over a stream can rank with many
 terms at once (:meth:`RepeatAwareStrategy.recommend_terms`, used for tuning). Lists are
@@ -10,7 +11,9 @@ exact (one matrix product per batch); the Flink job ranks with the same function
 its clustered index on large catalogues.
 
 State added to the base's: one :class:`~online_models.repeat_counts.RepeatCounts` per user
-(at most ``max_items`` items each), as the job keeps in the user's Flink state.
+(at most ``max_items`` items each), as the job keeps in the user's Flink state, and one
+:class:`~online_models.rebuy_rates.ItemRebuyRates` over all users (at most
+``rebuy_items_max`` items; the job does not keep it, so it serves ``rebuy_weight = 0``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from online_models.rebuy_rates import ItemRebuyRates
 from online_models.repeat_counts import COUNTED_ACTIONS, RepeatCounts
 from online_models.repeat_term import RepeatTerm, merge_batch, split_candidates
 from online_models.strategies import FactorView, fill
@@ -60,6 +64,7 @@ class RepeatAwareStrategy:
         max_items: int = 200,
         half_life_s: float = 0.0,
         name: str | None = None,
+        rebuy_items_max: int = 1_000_000,
     ):
         self.base = base
         self.term = term
@@ -68,15 +73,18 @@ class RepeatAwareStrategy:
         self.half_life_s = half_life_s
         self.units = COUNTED_ACTIONS
         self.counts: dict[str, RepeatCounts] = {}
+        self.rebuy = ItemRebuyRates(rebuy_items_max)
 
     def learn(self, user: str, item: str, action: str, ts: int) -> None:
-        """The base's step, then (for a purchase) the user's count of ``item``."""
+        """The base's step, then (for a purchase) the user's count of ``item`` and the item's
+        rebuy rate (a rebuy when the user's counts still hold the item)."""
         self.base.learn(user, item, action, ts)
         unit = self.units.get(action, 0.0)
         if unit > 0:
             counts = self.counts.get(user)
             if counts is None:
                 counts = self.counts[user] = RepeatCounts(self.max_items, self.half_life_s)
+            self.rebuy.add(item, item in counts.entries)
             counts.add(item, unit, ts)
 
     def recommend(
@@ -131,12 +139,18 @@ class RepeatAwareStrategy:
             exclude_rows,
             lambda v, skip: top_n(v, view.factors, view.bias, k, skip),
         )
+        rebuys = any(t.rebuy_weight for t in terms)
+        inputs = []  # per warm user: counts now and rebuy logits of the kept counted items
+        for counts, at in kept:
+            items, now = counts.count_array()
+            logits = self.rebuy.logits([items[j] for j in at]) if rebuys else None
+            inputs.append((now[at], logits))
         out = []
         for term in terms:
             term_lists = list(lists)
             rep_scores = [
-                scores + (term.values(counts)[1][at] if len(at) else np.zeros(0, np.float32))
-                for scores, (counts, at) in zip(split.rep_scores, kept, strict=True)
+                scores + term.apply(*values)
+                for scores, values in zip(split.rep_scores, inputs, strict=True)
             ]
             rows, scores = merge_batch(
                 split.new_rows, split.new_scores, split.rep_rows, rep_scores, k,

@@ -2,16 +2,20 @@
 
 For rebuy catalogues (groceries) the personal score of item i for user u is::
 
-    score(u, i) = <p_u, q_i> + b_i + [n_ui > 0] * (weight * log(1 + n_ui) + offset)
+    score(u, i) = <p_u, q_i> + b_i
+                  + [n_ui > 0] * (weight * log(1 + n_ui) + rebuy_weight * r_i + offset)
 
 where ``n_ui`` is the user's (optionally decaying) interaction count of the item
-(:class:`~online_models.repeat_counts.RepeatCounts`). ``weight`` lifts the user's staples by
-how often (and, with decay, how lately) they were bought; a negative ``offset`` makes an item
-the user had once compete with new items on the model's score instead of always beating
-them. With
+(:class:`~online_models.repeat_counts.RepeatCounts`) and ``r_i`` the item's rebuy rate over
+all users as a centred logit (:class:`~online_models.rebuy_rates.ItemRebuyRates`; milk is
+rebought, a cake is not). ``weight`` lifts the user's staples by how often (and, with decay,
+how lately) they were bought; ``rebuy_weight`` lifts items people buy again over items they
+buy once; a negative ``offset`` makes an item the user had once compete with new items on the
+model's score instead of always beating them. With
 ``discovery_slots`` = d, at least d places of a list of n hold items the user has no count for
 (when there are that many), so a strong repeat term cannot crowd discovery out.
-``weight = offset = discovery_slots = 0`` is the plain model score.
+All four at 0 is the plain model score. The streaming job keeps no item rebuy rates: it
+serves the term with ``rebuy_weight = 0`` (the prequential benchmark can tune it, offline).
 
 **Retrieval.** The term is non-zero only on the user's few counted items, so a list is built
 from two parts rather than by adding a sparse vector to a dense score row: the best ``n``
@@ -30,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from online_models.rebuy_rates import ItemRebuyRates
 from online_models.repeat_counts import RepeatCounts
 
 __all__ = [
@@ -55,14 +60,18 @@ class RepeatTerm:
     weight: float = 0.0
     offset: float = 0.0
     discovery_slots: int = 0
+    rebuy_weight: float = 0.0
 
     @property
     def active(self) -> bool:
         """Whether the term changes any list (all zero: the plain model score)."""
-        return bool(self.weight or self.offset or self.discovery_slots)
+        return bool(self.weight or self.offset or self.discovery_slots or self.rebuy_weight)
 
-    def values(self, counts: RepeatCounts) -> tuple[list[str], np.ndarray]:
-        """The user's counted items and the term added to each one's model score.
+    def values(
+        self, counts: RepeatCounts, rebuy: ItemRebuyRates | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """The user's counted items and the term added to each one's model score (``rebuy``:
+        the items' rebuy rates, needed when ``rebuy_weight`` is not 0).
 
         >>> c = RepeatCounts(); c.add("milk", 1.0, 0); c.add("milk", 1.0, 0)
         >>> items, v = RepeatTerm(weight=2.0, offset=-1.0).values(c)
@@ -70,8 +79,18 @@ class RepeatTerm:
         (['milk'], 1.1972)
         """
         items, counts_now = counts.count_array()
+        logits = rebuy.logits(items) if self.rebuy_weight and rebuy is not None else None
+        return items, self.apply(counts_now, logits)
+
+    def apply(self, counts_now: np.ndarray, rebuy_logits: np.ndarray | None) -> np.ndarray:
+        """The term for counts ``counts_now`` and rebuy logits (float32; logits may be
+        ``None`` when ``rebuy_weight`` is 0)."""
         values = self.weight * np.log1p(counts_now) + self.offset
-        return items, values.astype(np.float32)
+        if self.rebuy_weight:
+            if rebuy_logits is None:
+                raise ValueError("a term with rebuy_weight needs the items' rebuy rates")
+            values = values + self.rebuy_weight * rebuy_logits
+        return np.asarray(values, np.float32)
 
 
 def merge_batch(

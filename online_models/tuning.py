@@ -18,6 +18,7 @@ candidates see the same learnt state; one pass per counts half-life ranks the wh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import random
@@ -35,6 +36,7 @@ __all__ = [
     "REPEAT_SPACE",
     "RepeatChoice",
     "Trial",
+    "pareto",
     "sample_grid",
     "tune",
     "tune_repeat",
@@ -60,12 +62,15 @@ REPEAT_SPACE: dict[str, list[float]] = {
     "weight": [1.0, 2.0, 4.0, 8.0, 16.0],
     "offset": [-12.0, -8.0, -6.0, -4.0, -3.0, -2.0, -1.0, 0.0],
     "discovery_slots": [0, 3, 5, 7],
+    "rebuy_weight": [0.0],
 }
-"""The repeat-term grid (every point is ranked). Counts without decay (half-life 0) are left
-out: on Complete Journey's tuning slice their lists drifted towards repeats as histories grew
-(first-time HR@10 over the plain model's fell by up to 9 % between the slice's early and late
-halves, e.g. 0.92 to 0.84 for weight 4, offset -4), so a term chosen on the slice would fall
-below the floor later; with 30-day decay the same terms moved by 2 % at most."""
+"""The repeat-term grid (every point is ranked). ``rebuy_weight`` (the item rebuy rates) is
+off by default, since the streaming job cannot serve it; a benchmark may widen it. Counts
+without decay (half-life 0) are left out: on Complete Journey's tuning slice their lists
+drifted towards repeats as histories grew (first-time HR@10 over the plain model's fell by up
+to 9 % between the slice's early and late halves, e.g. 0.92 to 0.84 for weight 4, offset -4),
+so a term chosen on the slice would fall below the floor later; with 30-day decay the same
+terms moved by 2 % at most."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,9 @@ class RepeatChoice:
     first_time_hr: float
     plain_hr: float
     plain_first_time_hr: float
+    frontier: tuple[tuple[float, float], ...] = ()
+    """Every ranked term's (first-time HR@K, HR@K) that no other term beats on both, by
+    falling first-time HR: what each first-time level costs in HR on the tuning slice."""
 
 
 def tune_repeat(
@@ -175,14 +183,15 @@ def tune_repeat(
     cutoff = tuning_cutoff(events, fraction)
     middle = tuning_cutoff(events, fraction / 2)
     head = [e for e in events if e.ts < cutoff]
-    terms = [
-        RepeatTerm(float(w), float(o), int(d))
-        for w, o, d in itertools.product(space["weight"], space["offset"], space["discovery_slots"])
-    ]
+    grid = itertools.product(
+        space["weight"], space["offset"], space["discovery_slots"], space.get("rebuy_weight", [0])
+    )
+    terms = [RepeatTerm(float(w), float(o), int(d), float(r)) for w, o, d, r in grid]
     variants = [RepeatTerm(), *terms]
     names = [str(t) for t in variants]
     best: RepeatChoice | None = None
     closest: RepeatChoice | None = None  # highest first-time HR, if no term meets the floor
+    points: list[tuple[float, float]] = []
     for days in space["half_life_days"]:
         strategy = make(days * 86_400)
         reports = evaluate_variants(
@@ -194,6 +203,7 @@ def tune_repeat(
         wanted = plain_first if floor is None else floor
         for term, report in zip(variants, reports, strict=True):
             hr, first = report.slice("all").hr, report.slice("first_time").hr
+            points.append((first, hr))
             half_life = days * 86_400 if term.active else 0.0
             choice = RepeatChoice(term, half_life, hr, first, plain_hr, plain_first)
             if first >= wanted and (best is None or hr > best.hr):
@@ -206,4 +216,17 @@ def tune_repeat(
                 f"first-time floor {wanted:.4f}; best so far {best}")  # fmt: skip
     chosen = best or closest  # without a given floor the plain ranking always meets it
     assert chosen is not None
-    return chosen
+    return dataclasses.replace(chosen, frontier=pareto(points))
+
+
+def pareto(points: Sequence[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """The (first-time HR, HR) points no other point beats on both, by falling first-time HR.
+
+    >>> pareto([(0.2, 0.1), (0.1, 0.3), (0.1, 0.2), (0.05, 0.25), (0.0, 0.4)])
+    ((0.2, 0.1), (0.1, 0.3), (0.0, 0.4))
+    """
+    out: list[tuple[float, float]] = []
+    for first, hr in sorted(set(points), key=lambda p: (-p[0], -p[1])):
+        if not out or hr > out[-1][1]:
+            out.append((first, hr))
+    return tuple(out)

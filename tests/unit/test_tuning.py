@@ -46,3 +46,15 @@ def test_the_floor_decides_between_repeats_and_discovery(rebuys: list[Event]) ->
     assert free.first_time_hr < free.plain_first_time_hr  # ... at the cost of new items
     best_new = tune_repeat(_make, rebuys, SPACE, fraction=0.5, batch=32, floor=1.0)
     assert own.first_time_hr <= best_new.first_time_hr < 1.0  # unreachable: most new hits
+
+
+def test_frontier_holds_every_undominated_term_and_the_chosen_one(rebuys: list[Event]) -> None:
+    choice = tune_repeat(_make, rebuys, SPACE, fraction=0.5, batch=32)
+    frontier = choice.frontier
+    assert len(frontier) >= 2
+    firsts = [f for f, _ in frontier]
+    hrs = [h for _, h in frontier]
+    assert firsts == sorted(firsts, reverse=True) and hrs == sorted(hrs)  # trade one for other
+    # the chosen term is the best HR among the frontier points at or above the floor
+    allowed = [h for f, h in frontier if f >= choice.plain_first_time_hr]
+    assert choice.hr == max(allowed)
