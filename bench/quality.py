@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import LATEST, RESULTS_DIR, Results, merge_results, say
-from bench.quality_report import plot_quality, synthetic_truth
+from bench.quality_report import plot_frontier, plot_quality, synthetic_truth
 from connectors.datasets import (
     ColumnMapping,
     SyntheticShop,
@@ -424,7 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot_only:
         name = Path(args.dataset).name.split(".")[0]
         path = RESULTS_DIR / f"quality_{name}.png"
-        say(f"plot {plot_quality(merge_results({}), name, args.k, path)}")
+        merged = merge_results({})
+        say(f"plot {plot_quality(merged, name, args.k, path)}")
+        front = RESULTS_DIR / f"quality_{name}_frontier.png"
+        say(f"plot {plot_frontier(merged, name, args.k, front)}")
         return 0
     started = time.perf_counter()
     dataset, events, shop = load_events(args)
@@ -449,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             merged = merge_results(best_of_file(merged, dataset))
         plot = plot_quality(merged, dataset, args.k, RESULTS_DIR / f"quality_{dataset}.png")
         say(f"results merged into {LATEST}" + (f"; plot {plot}" if plot else ""))
+        front = RESULTS_DIR / f"quality_{dataset}_frontier.png"
+        if plot_frontier(merged, dataset, args.k, front):
+            say(f"plot {front}")
     return 0
 
 

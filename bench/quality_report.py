@@ -1,4 +1,10 @@
-"""The report parts of :mod:`bench.quality`: synthetic ground truth and the bar chart.
+"""The report parts of :mod:`bench.quality`: synthetic ground truth, the bar chart and the
+repeat-term frontier.
+
+**Frontier.** Tuning a repeat term ranks a whole grid of terms on the tuning slice; each gives
+an HR@K and a first-time HR@K. :func:`plot_frontier` draws, per model, the terms no other term
+beats on both (``tuning_frontier`` in the run's ``chosen_params``) with the model's plain
+ranking and the chosen term marked: what each first-time level costs each model in HR.
 
 **Ground truth.** A synthetic user picks a category from their hidden taste (or, with
 probability ``explore``, any category) and then an item by its popularity within the
@@ -14,6 +20,7 @@ that of the best possible list (the K items of highest ``P(i | u)``): 1.0 is the
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +32,7 @@ from connectors.datasets import SyntheticShop
 from online_models.evaluation import Event
 from online_models.strategies import Strategy
 
-__all__ = ["plot_quality", "synthetic_truth"]
+__all__ = ["frontiers", "plot_frontier", "plot_quality", "synthetic_truth"]
 
 _SAMPLE_USERS = 300
 _MIN_EVENTS = 5
@@ -158,3 +165,65 @@ def _series(
         for label, key in labels
     }
     return names, series
+
+
+_FRONTIER_SOURCES = (
+    ("online_mf", "repeat"),
+    ("batch_6h_repeat", "batch_repeat"),
+    ("batch_6h_repeat_matched", "batch_repeat"),
+)
+
+
+def frontiers(results: Mapping[str, Value], dataset: str) -> dict[str, dict[str, object]]:
+    """Per strategy with a recorded repeat-term tuning: its ``chosen_params`` repeat entry
+    (``tuning_frontier``, ``tuning_hr``, ``tuning_plain_hr``, ...), from the run of that
+    strategy or else from the dataset's complete run."""
+    out: dict[str, dict[str, object]] = {}
+    for name, part in _FRONTIER_SOURCES:
+        keys = [f"quality.{dataset}.{name}.chosen_params"]
+        if not name.endswith("_matched"):  # a complete run tunes no matched variant
+            keys.append(f"quality.{dataset}.chosen_params")
+        for key in keys:
+            raw = results.get(key)
+            if isinstance(raw, str):
+                entry = json.loads(raw).get(part) or {}
+                if entry.get("tuning_frontier"):
+                    out[name] = entry
+                    break
+    return out
+
+
+def plot_frontier(results: Mapping[str, Value], dataset: str, k: int, path: Path) -> Path | None:
+    """HR@K against first-time HR@K of the repeat terms on the tuning slice, per model (see
+    the module docstring); None without matplotlib or recorded frontiers."""
+    found = frontiers(results, dataset)
+    if not found:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("matplotlib is not importable: no plot")
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name, entry in found.items():
+        points = np.asarray(entry["tuning_frontier"], dtype=np.float64)
+        (line,) = ax.plot(points[:, 0], points[:, 1], marker=".", label=f"{name}: repeat terms")
+        plain = (float(entry["tuning_plain_first_time_hr"]), float(entry["tuning_plain_hr"]))  # type: ignore[arg-type]
+        chosen = (float(entry["tuning_first_time_hr"]), float(entry["tuning_hr"]))  # type: ignore[arg-type]
+        ax.plot(*plain, marker="s", color=line.get_color(), linestyle="none")
+        ax.plot(*chosen, marker="*", markersize=14, color=line.get_color(), linestyle="none")
+    ax.plot([], [], marker="s", color="grey", linestyle="none", label="plain model (its floor)")
+    ax.plot([], [], marker="*", markersize=12, color="grey", linestyle="none", label="chosen")
+    ax.set_xlabel(f"first-time HR@{k} (tuning slice)")
+    ax.set_ylabel(f"HR@{k} (tuning slice)")
+    ax.set_title(f"Repeat terms on the tuning slice of {dataset}: HR against discovery")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", framealpha=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
