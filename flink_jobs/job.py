@@ -94,7 +94,9 @@ def build(env, settings: Settings) -> None:
         "events",
     ).uid("events-source")
     keyed_events = Types.ROW([Types.STRING(), EVENT_TYPE])  # Row(user, event): see _keyed
-    parsed = events.process(ParseEvents(settings), output_type=keyed_events).uid("parse")
+    parsed = (
+        events.process(ParseEvents(settings), output_type=keyed_events).uid("parse").name("parse")
+    )
     parsed.get_side_output(DEAD_LETTERS).sink_to(_sink(settings, settings.dlq_topic)).uid(
         "dlq-sink"
     )
