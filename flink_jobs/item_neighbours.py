@@ -57,6 +57,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_list_suffix
+from flink_jobs.collector import tune_collector
 from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
@@ -200,6 +201,7 @@ class ItemNeighbours(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         s = self.settings
+        tune_collector()
         self.state = runtime_context.get_state(bytes_state("neighbours", s.neighbour_state_ttl_s))
         # a list's key expires list_ttl_s after its write: rewrite before that, at half-life
         mark_ttl = s.list_ttl_s * 500 if s.list_ttl_s else None

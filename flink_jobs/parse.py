@@ -22,6 +22,7 @@ import orjson
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
+from flink_jobs.collector import tune_collector
 from flywheel.events import Rejection, check_event, dead_letter
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
@@ -38,6 +39,7 @@ class ParseEvents(ProcessFunction):
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        tune_collector()
         self.metrics = job_metrics()
         serve(self.settings.metrics_port, self.settings.metrics_bind)
 

@@ -41,6 +41,7 @@ from connectors.redis_lists import (
 )
 from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.category_lists import CategoryLists
+from flink_jobs.collector import tune_collector
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.live_quality import JobQuality
@@ -90,6 +91,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self.index = make_index(s)
         self.states = DecodedStates(s.state_cache_users)
         threadpool_limits(s.blas_threads, "blas")  # process-wide: small products, shared cores
+        tune_collector()  # process-wide: rare full collections (flink_jobs.collector)
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         write_categories = s.category_trending_s > 0 and self.replica.origin == 0  # one writer
