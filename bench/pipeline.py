@@ -26,6 +26,7 @@ Everything started is stopped on exit, error or Ctrl-C.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import threading
 import time
@@ -91,6 +92,23 @@ class _Job:
 
     def accepted(self) -> float:
         return self.scrape().total(ACCEPTED, outcome="accepted")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the job's process group so far: the PyFlink client,
+        the gateway JVM with its embedded interpreter, any Python worker processes."""
+        popen = self.process.process
+        if popen is None:
+            return 0.0
+        group, tick, total = popen.pid, os.sysconf("SC_CLK_TCK"), 0  # own session: pid = group
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+            except OSError:  # the process ended meanwhile
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if len(fields) > 12 and int(fields[2]) == group:
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
 
     def check_alive(self) -> None:
         if not self.process.running:
@@ -292,11 +310,11 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
     now = int(time.time() * 1000)
     records = [_record(e, keys, f"tp-{k}", now) for k, e in enumerate(shop.events(cfg.n_events))]
     say(f"throughput: producing {len(records):,} pre-serialised events")
-    before = job.scrape()
+    before, cpu_before = job.scrape(), job.cpu_seconds()
     timeout = max(300.0, cfg.n_events / 50)
     flink = FlinkBusy(job.settings.flink_metrics_port)
     samples, t_start, t_sent = _produce_and_track(job, records, "throughput", timeout, flink.sample)
-    after = job.scrape()
+    after, cpu_after = job.scrape(), job.cpu_seconds()
     rate = _steady_rate(samples, t_start + cfg.skip_s, len(records))
     wall = samples[-1][0] - t_start
     lists = _delta(before, after, "flywheel_job_lists_written_total")
@@ -314,6 +332,10 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
         "pipeline.model_updates_per_s": round(
             _delta(before, after, "flywheel_job_model_updates_total") / wall, 1
         ),
+        "pipeline.cpu_ms_per_event": round(
+            (cpu_after - cpu_before) * 1000 / max(1.0, _delta(before, after, ACCEPTED)), 3
+        ),
+        "pipeline.cpu_cores": round((cpu_after - cpu_before) / wall, 2),
     }
     results.update(_time_split(before, after, wall))
     results.update(flink.means())
