@@ -208,8 +208,14 @@ def plot_frontier(results: Mapping[str, Value], dataset: str, k: int, path: Path
         say("matplotlib is not importable: no plot")
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    drawn: list[object] = []
     for name, entry in found.items():
         points = np.asarray(entry["tuning_frontier"], dtype=np.float64)
+        if entry["tuning_frontier"] in drawn:  # same model and grid, another floor: its choice
+            chosen = (float(entry["tuning_first_time_hr"]), float(entry["tuning_hr"]))  # type: ignore[arg-type]
+            ax.plot(*chosen, marker="*", markersize=14, linestyle="none", label=f"{name}: chosen")
+            continue
+        drawn.append(entry["tuning_frontier"])
         (line,) = ax.plot(points[:, 0], points[:, 1], marker=".", label=f"{name}: repeat terms")
         plain = (float(entry["tuning_plain_first_time_hr"]), float(entry["tuning_plain_hr"]))  # type: ignore[arg-type]
         chosen = (float(entry["tuning_first_time_hr"]), float(entry["tuning_hr"]))  # type: ignore[arg-type]
