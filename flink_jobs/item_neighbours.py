@@ -57,6 +57,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_list_suffix
+from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.collector import tune_collector
 from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
@@ -118,14 +119,15 @@ def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:
     return counts.load(orjson.loads(bytes(raw))) if raw else counts
 
 
-class ListQueue:
+class ListQueue(BatchQueue[NeighbourCounts]):
     """Items whose list is due, each with its counts; one batch at a time. Also the
     :class:`ListMark` of the last list written for each of at most ``max_marks`` items,
     forgotten ``mark_ttl_ms`` after the write (the list's Redis key may expire: ``None`` = never).
 
     A batch opens when the first item is marked into an empty queue and is due
     ``interval_ms`` later (at once when it holds ``max_items``); items marked meanwhile join
-    it, so an item's list is written at most once per interval and writes are batched.
+    it, so an item's list is written at most once per interval and writes are batched
+    (:class:`~flink_jobs.batch_queue.BatchQueue`).
 
     >>> q = ListQueue(interval_ms=1000, max_items=2)
     >>> q.mark("a", NeighbourCounts(), now_ms=0), q.is_due(999), q.is_due(1000)
@@ -141,39 +143,15 @@ class ListQueue:
         max_marks: int = _MARKED_ITEMS,
         mark_ttl_ms: int | None = None,
     ) -> None:
-        self.interval_ms, self.max_items, self.max_marks = interval_ms, max_items, max_marks
-        self.mark_ttl_ms = mark_ttl_ms
-        self.dirty: dict[str, NeighbourCounts] = {}
-        self.due_at: int | None = None
-        self.first_due: int | None = None  # due time of the first batch this queue opened
+        super().__init__(interval_ms, max_items)
+        self.max_marks, self.mark_ttl_ms = max_marks, mark_ttl_ms
         self._marks: dict[str, tuple[ListMark, int]] = {}  # item -> (mark, written at, ms)
 
     def mark(self, item: str, counts: NeighbourCounts, now_ms: int) -> int:
         """Queue ``item`` with ``counts`` (replacing an older snapshot); when the batch is due."""
-        if not self.dirty or self.due_at is None:
-            self.due_at = now_ms + self.interval_ms
-            if self.first_due is None:
-                self.first_due = self.due_at
+        due = self.open_batch(now_ms)
         self.dirty[item] = counts
-        return self.due_at
-
-    def restored(self, timer_ms: int) -> bool:
-        """Whether a timer due at ``timer_ms`` was set before this queue opened its first batch:
-        restored from a checkpoint, its batch lost. A later timer's batch was written already
-        unless its item is still queued, however late the timer fires."""
-        return self.first_due is None or timer_ms < self.first_due
-
-    def is_due(self, now_ms: int) -> bool:
-        """Whether the open batch should be written now."""
-        if not self.dirty or self.due_at is None:
-            return False
-        return now_ms >= self.due_at or len(self.dirty) >= self.max_items
-
-    def take(self) -> dict[str, NeighbourCounts]:
-        """Remove and return every queued item."""
-        batch, self.dirty = self.dirty, {}
-        self.due_at = None
-        return batch
+        return due
 
     def written(self, item: str, mark: ListMark, now_ms: int) -> None:
         """Remember the mark of the list just written for ``item`` (oldest marks go first)."""

@@ -18,6 +18,7 @@ from itertools import repeat
 import numpy as np
 
 from connectors.redis_lists import RecList, encode_rec_list
+from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.user_state import UserState, repeat_term
 from flywheel.settings import Settings
 from online_models.candidates import ClusteredIndex
@@ -54,13 +55,13 @@ class DirtyUser:
         return _features_view(self.state)
 
 
-class RefreshQueue:
+class RefreshQueue(BatchQueue[DirtyUser]):
     """Users waiting for a refresh; ``mark`` replaces a user's snapshot with a newer one.
 
     A batch opens when the first user is marked into an empty queue and is due
     ``coalesce_ms`` later (or at once when it holds ``max_users``): every user marked
     meanwhile joins it, so one matrix product serves them all and no user is refreshed more
-    than once per interval.
+    than once per interval (:class:`~flink_jobs.batch_queue.BatchQueue`).
 
     >>> q = RefreshQueue(coalesce_ms=250, max_users=2)
     >>> q.due_at is None, q.is_due(0), q.restored(0)
@@ -68,42 +69,16 @@ class RefreshQueue:
     """
 
     def __init__(self, coalesce_ms: int = 250, max_users: int = 1024) -> None:
-        self.coalesce_ms = coalesce_ms
-        self.max_users = max_users
-        self.dirty: dict[str, DirtyUser] = {}
-        self.due_at: int | None = None
-        self.first_due: int | None = None  # due time of the first batch this queue opened
-
-    def is_due(self, now_ms: int) -> bool:
-        """Whether the open batch should be refreshed now."""
-        if not self.dirty or self.due_at is None:
-            return False
-        return now_ms >= self.due_at or len(self.dirty) >= self.max_users
-
-    def restored(self, timer_ms: int) -> bool:
-        """Whether a timer due at ``timer_ms`` was set before this queue opened its first batch,
-        i.e. it comes from a checkpoint and its batch was lost. Every later timer belongs to a
-        batch of this queue: refreshed already unless its user is still queued (however late
-        the timer fires, e.g. after several batches were refreshed by size)."""
-        return self.first_due is None or timer_ms < self.first_due
+        super().__init__(coalesce_ms, max_users)
 
     def mark(self, user: str, state: UserState, settings: Settings, ingest_ms: int, ts: int) -> int:
         """Queue ``user`` with a snapshot of ``state``; returns when the batch is due (ms)."""
-        if not self.dirty or self.due_at is None:
-            self.due_at = int(time.time() * 1000) + self.coalesce_ms
-            if self.first_due is None:
-                self.first_due = self.due_at
+        due = self.open_batch(int(time.time() * 1000))
         previous = self.dirty.get(user)
         ingest = previous.ingest_ms if previous else []
         ingest.append(ingest_ms)
         self.dirty[user] = DirtyUser(state, ts, ingest)
-        return self.due_at
-
-    def take(self) -> dict[str, DirtyUser]:
-        """Remove and return every queued user."""
-        batch, self.dirty = self.dirty, {}
-        self.due_at = None
-        return batch
+        return due
 
 
 def _features_view(state: UserState) -> dict[str, object]:
