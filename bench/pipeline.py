@@ -26,7 +26,6 @@ Everything started is stopped on exit, error or Ctrl-C.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import threading
 import time
@@ -45,6 +44,7 @@ from deploy.job_process import JobProcess
 from deploy.local_stack import create_topics, free_port, start_broker, start_redis
 from flywheel.events import pseudonymise
 from flywheel.settings import Settings, load_settings
+from serving.process_stats import process_stat
 
 __all__ = ["PipelineConfig", "run"]
 
@@ -99,16 +99,12 @@ class _Job:
         popen = self.process.process
         if popen is None:
             return 0.0
-        group, tick, total = popen.pid, os.sysconf("SC_CLK_TCK"), 0  # own session: pid = group
+        group, total = popen.pid, 0.0  # own session: pid = group
         for entry in Path("/proc").iterdir():
-            try:
-                stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-            except OSError:  # the process ended meanwhile
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if len(fields) > 12 and int(fields[2]) == group:
-                total += int(fields[11]) + int(fields[12])
-        return total / tick
+            stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
+            if stat is not None and stat[0] == group:  # None: not a process, or it ended
+                total += stat[1]
+        return total
 
     def check_alive(self) -> None:
         if not self.process.running:

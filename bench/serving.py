@@ -51,6 +51,7 @@ from deploy.job_process import JobProcess
 from deploy.local_stack import Service, create_topics, free_port, start_broker, start_redis
 from flywheel.events import pseudonymise
 from flywheel.settings import Settings, load_settings
+from serving.process_stats import process_stat
 
 __all__ = ["ServingConfig", "run"]
 
@@ -169,7 +170,6 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) and of its live child processes
     (the API's workers), from ``/proc``."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         children = [
             int(child)
             for task in Path(f"/proc/{pid}/task").iterdir()
@@ -177,7 +177,8 @@ def _cpu_seconds(pid: int) -> float:
         ]
     except FileNotFoundError:  # the process (or a thread) ended meanwhile
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = process_stat(pid)
+    own = stat[1] if stat is not None else 0.0
     return own + sum(_cpu_seconds(child) for child in children)
 
 

@@ -4,10 +4,10 @@
 (multiprocess mode), and each worker would report only itself. :class:`ApiProcessCollector`
 instead finds the API's processes at scrape time and reports their sums:
 
-- one worker (the default for a single process): the process itself;
-- several workers: every live process that has written metrics to the shared multiprocess
-  directory (files ``<type>_<pid>.db``, one set per worker) plus the uvicorn supervisor that
-  started them (the scraping worker's parent).
+- ``FLYWHEEL_API_WORKERS=1`` (one process, no multiprocess directory): the process itself;
+- several workers (the default, two): every live process that has written metrics to the
+  shared multiprocess directory (files ``<type>_<pid>.db``, one set per worker) plus the
+  uvicorn supervisor that started them (the scraping worker's parent).
 
 Metrics: ``flywheel_api_resident_memory_bytes`` (sum of resident set sizes),
 ``flywheel_api_cpu_seconds_total`` (user + system CPU of the live processes; it drops when a
@@ -26,7 +26,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ApiProcessCollector", "api_pids", "process_usage"]
+__all__ = ["ApiProcessCollector", "api_pids", "process_stat", "process_usage"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -47,6 +47,22 @@ def api_pids(multiprocess_dir: str | None) -> list[int]:
     return sorted(pid for pid in pids if pid > 1 and (_PROC / str(pid)).exists())
 
 
+def process_stat(pid: int) -> tuple[int, float] | None:
+    """``(process group id, user + system CPU seconds of all its threads)`` of process
+    ``pid`` from ``/proc/<pid>/stat``, ``None`` if it is gone.
+
+    >>> group, cpu = process_stat(os.getpid())
+    >>> group == os.getpgid(0) and cpu >= 0
+    True
+    """
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def process_usage(pid: int) -> tuple[int, float] | None:
     """``(resident bytes, CPU seconds)`` of process ``pid``, ``None`` if it is gone.
 
@@ -56,12 +72,10 @@ def process_usage(pid: int) -> tuple[int, float] | None:
     """
     try:
         statm = (_PROC / str(pid) / "statm").read_text().split()
-        stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
-    utime, stime = int(fields[11]), int(fields[12])
-    return int(statm[1]) * _PAGE, (utime + stime) / _TICKS
+    stat = process_stat(pid)
+    return None if stat is None else (int(statm[1]) * _PAGE, stat[1])
 
 
 class ApiProcessCollector(Collector):
@@ -74,18 +88,14 @@ class ApiProcessCollector(Collector):
         usages = [u for u in map(process_usage, api_pids(self._dir)) if u is not None]
         if not usages:
             return
-        yield _gauge(
+        yield GaugeMetricFamily(
             "flywheel_api_resident_memory_bytes",
             "Resident memory of the API's processes (workers and their supervisor), summed",
-            sum(rss for rss, _ in usages),
+            value=sum(rss for rss, _ in usages),
         )
         yield CounterMetricFamily(
             "flywheel_api_cpu_seconds",
             "User and system CPU time of the API's live processes, summed",
             value=sum(seconds for _, seconds in usages),
         )
-        yield _gauge("flywheel_api_processes", "Live processes of the API", len(usages))
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
+        yield GaugeMetricFamily("flywheel_api_processes", "Live processes of the API", len(usages))
