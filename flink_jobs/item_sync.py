@@ -13,7 +13,14 @@ State kept per subtask (:class:`ItemReplica`):
   deltas that have not come back from the topic yet ("read your writes");
 - ``pending``: how many of those own deltas are in flight, per item. They are counted down
   as their echo arrives, so memory is bounded by the items touched within about one flush
-  interval.
+  interval;
+- ``rebuys`` (only while the served repeat term weighs rebuy rates): every item's purchases
+  and rebuys over all users (:class:`~online_models.rebuy_rates.ItemRebuyRates`), counted from
+  the purchase marks the deltas carry (:data:`FIRST_PURCHASE`, :data:`REBUY`) as they come
+  back from the topic, so every subtask holds the same counts at the same offset. Only items
+  the shared table holds are counted, so it has at most ``max_items`` entries and never
+  evicts one. The counts are persisted with the item's factors (:meth:`ItemReplica.shared_entry`)
+  and reloaded on restore, so they resume at the checkpoint's offset, neither lost nor doubled.
 
 With one subtask, ``local`` is updated exactly as a standalone model would be, so the job
 learns bit-identical factors. With several, a subtask sees other subtasks' deltas after one
@@ -30,12 +37,29 @@ import numpy as np
 
 from online_models.implicit_mf import ItemDeltas
 from online_models.item_table import CatalogueFull, ItemTable
+from online_models.rebuy_rates import ItemRebuyRates
 
-__all__ = ["DeltaBatch", "ItemReplica", "decode_batch", "encode_batch"]
+__all__ = [
+    "FIRST_PURCHASE",
+    "REBUY",
+    "DeltaBatch",
+    "ItemReplica",
+    "decode_batch",
+    "encode_batch",
+]
+
+FIRST_PURCHASE = 1
+"""Purchase mark of a positive: a counted purchase of an item new to the user."""
+REBUY = 2
+"""Purchase mark of a positive: a counted purchase of an item the user had bought before."""
 
 _HEADER = struct.Struct("<HIHI")  # origin subtask, deltas, factors, id bytes
-_CATEGORIES = struct.Struct("<I")  # bytes of the joined categories (format 2 only)
-_FORMAT_2 = "~"  # marks batches that carry categories; "~" is outside the base64 alphabet
+_CATEGORIES = struct.Struct("<I")  # bytes of the joined categories (formats 2 and 3)
+_COUNTS = struct.Struct("<II")  # an item's purchases and rebuys, after its persisted factors
+# Marks outside the base64 alphabet: "~" batches carry categories, "!" categories and
+# purchase marks; unmarked batches (the first format) carry neither.
+_FORMAT_2 = "~"
+_FORMAT_3 = "!"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +74,7 @@ class DeltaBatch:
     weights: np.ndarray  # m float32: the positive's weight, 0 for sampled negatives
     ts: np.ndarray  # m int64: event time of the positive, 0 for negatives
     categories: list[str] | None = None  # m: the positive's category, "" if none / negatives
+    purchases: np.ndarray | None = None  # m uint8: the positive's purchase mark, 0 otherwise
 
     def category(self, i: int) -> str | None:
         """The category sent with delta ``i``, ``None`` when there is none."""
@@ -57,12 +82,15 @@ class DeltaBatch:
 
 
 def encode_batch(batch: DeltaBatch) -> str:
-    """Compact text form (``~`` + base64 of a binary record) for a Kafka string record.
+    """Compact text form (``!`` + base64 of a binary record) for a Kafka string record.
 
-    Batches without a ``~`` mark (written before categories were carried) still decode.
+    Batches in the earlier formats (``~``: without purchase marks; no mark: without categories
+    either) still decode.
     """
+    m = len(batch.items)
     ids = "\x1f".join(batch.items).encode()
-    categories = "\x1f".join(batch.categories or [""] * len(batch.items)).encode()
+    categories = "\x1f".join(batch.categories or [""] * m).encode()
+    purchases = np.zeros(m, np.uint8) if batch.purchases is None else batch.purchases
     header = _HEADER.pack(batch.origin, len(batch.items), batch.factors.shape[1], len(ids))
     body = b"".join(
         (
@@ -74,14 +102,16 @@ def encode_batch(batch: DeltaBatch) -> str:
             batch.ts.astype(np.int64).tobytes(),
             _CATEGORIES.pack(len(categories)),
             categories,
+            purchases.astype(np.uint8).tobytes(),
         )
     )
-    return _FORMAT_2 + base64.b64encode(body).decode()
+    return _FORMAT_3 + base64.b64encode(body).decode()
 
 
 def decode_batch(text: str) -> DeltaBatch:
     """Inverse of :func:`encode_batch`."""
-    carries_categories = text.startswith(_FORMAT_2)
+    marks_purchases = text.startswith(_FORMAT_3)
+    carries_categories = marks_purchases or text.startswith(_FORMAT_2)
     body = base64.b64decode(text[1:] if carries_categories else text)
     origin, m, k, n_ids = _HEADER.unpack_from(body)
     pos = _HEADER.size
@@ -92,13 +122,15 @@ def decode_batch(text: str) -> DeltaBatch:
     bias = np.frombuffer(body, np.float32, m, pos)
     weights = np.frombuffer(body, np.float32, m, pos + m * 4)
     ts = np.frombuffer(body, np.int64, m, pos + m * 8)
-    categories = None
+    categories = purchases = None
     if carries_categories and m:
         pos += m * 16
         (n_categories,) = _CATEGORIES.unpack_from(body, pos)
         start = pos + _CATEGORIES.size
         categories = body[start : start + n_categories].decode().split("\x1f")
-    return DeltaBatch(origin, items, factors, bias, weights, ts, categories)
+        if marks_purchases:
+            purchases = np.frombuffer(body, np.uint8, m, start + n_categories)
+    return DeltaBatch(origin, items, factors, bias, weights, ts, categories, purchases)
 
 
 def _rows(table: ItemTable, items: list[str]) -> np.ndarray:
@@ -115,21 +147,25 @@ def _rows(table: ItemTable, items: list[str]) -> np.ndarray:
 class ItemReplica:
     """One subtask's view of the item table; see the module docstring."""
 
-    def __init__(self, local: ItemTable, origin: int):
+    def __init__(self, local: ItemTable, origin: int, rebuys: ItemRebuyRates | None = None):
         self.local = local
         self.origin = origin
         self.shared = ItemTable(local.n_factors, local.init_std, local.seed, local.max_items)
         self.pending: dict[str, int] = {}
-        self._out: list[tuple[ItemDeltas, float, int, str]] = []
+        self.rebuys = rebuys
+        self._out: list[tuple[ItemDeltas, float, int, str, int]] = []
         self.refused = 0
         self._out_count = 0
 
-    def record_own(self, deltas: ItemDeltas, weight: float, ts: int, category: str = "") -> None:
+    def record_own(
+        self, deltas: ItemDeltas, weight: float, ts: int, category: str = "", purchase: int = 0
+    ) -> None:
         """Remember deltas the local model has already applied, to publish them later
-        (``category``: the positive item's category from the event, "" when it had none)."""
+        (``category``: the positive item's category from the event, "" when it had none;
+        ``purchase``: its purchase mark, :data:`FIRST_PURCHASE`, :data:`REBUY` or 0)."""
         for item in deltas.items:
             self.pending[item] = self.pending.get(item, 0) + 1
-        self._out.append((deltas, weight, ts, category.replace("\x1f", " ")))
+        self._out.append((deltas, weight, ts, category.replace("\x1f", " "), purchase))
         self._out_count += len(deltas.items)
 
     @property
@@ -145,20 +181,23 @@ class ItemReplica:
         weights: list[float] = []
         ts: list[int] = []
         categories: list[str] = []
-        for deltas, weight, event_ts, category in self._out:
+        purchases: list[int] = []
+        for deltas, weight, event_ts, category, purchase in self._out:
             negatives = len(deltas.items) - 1
             items.extend(deltas.items)
             weights.extend([weight] + [0.0] * negatives)
             ts.extend([event_ts] + [0] * negatives)
             categories.extend([category] + [""] * negatives)
+            purchases.extend([purchase] + [0] * negatives)
         batch = DeltaBatch(
             self.origin,
             items,
-            np.concatenate([d.factors for d, _, _, _ in self._out]),
-            np.concatenate([d.bias for d, _, _, _ in self._out]),
+            np.concatenate([out[0].factors for out in self._out]),
+            np.concatenate([out[0].bias for out in self._out]),
             np.asarray(weights, np.float32),
             np.asarray(ts, np.int64),
             categories,
+            np.asarray(purchases, np.uint8),
         )
         self._out, self._out_count = [], 0
         return batch
@@ -170,6 +209,8 @@ class ItemReplica:
         kept = rows >= 0  # items beyond a full table's capacity are skipped (and counted)
         self.refused += int(len(items) - kept.sum())
         self.shared.apply_all(rows[kept], batch.factors[kept], batch.bias[kept])
+        if self.rebuys is not None and batch.purchases is not None:
+            self._count_purchases(items, batch.purchases, kept)
         if batch.origin == self.origin:
             fresh = [i for i, item in enumerate(items) if not self._pop_pending(item)]
         else:
@@ -180,6 +221,12 @@ class ItemReplica:
             picked = np.asarray(fresh)[ok]
             self.local.apply_all(local[ok], batch.factors[picked], batch.bias[picked])
         return {item for item, keep in zip(items, kept.tolist(), strict=True) if keep}
+
+    def _count_purchases(self, items: list[str], marks: np.ndarray, kept: np.ndarray) -> None:
+        """Count the marked purchases of items the shared table holds in ``rebuys``."""
+        assert self.rebuys is not None
+        for i in np.flatnonzero((marks > 0) & kept).tolist():
+            self.rebuys.add(items[i], bool(marks[i] == REBUY))
 
     def _pop_pending(self, item: str) -> bool:
         """Count one own delta of ``item`` as echoed; False if none was pending."""
@@ -193,15 +240,21 @@ class ItemReplica:
         return True
 
     def shared_entry(self, item: str) -> bytes:
-        """Bytes persisted for ``item``: its shared factors followed by its shared bias."""
+        """Bytes persisted for ``item``: its shared factors followed by its shared bias, then
+        its purchase and rebuy counts when ``rebuys`` has any."""
         row = self.shared.index[item]
-        return self.shared.factors[row].tobytes() + self.shared.bias[row : row + 1].tobytes()
+        value = self.shared.factors[row].tobytes() + self.shared.bias[row : row + 1].tobytes()
+        counts = self.rebuys.entries.get(item) if self.rebuys is not None else None
+        return value + _COUNTS.pack(*counts) if counts else value
 
     def restore_entry(self, item: str, value: bytes) -> None:
-        """Reload one persisted item into both tables (after a restart nothing is pending)."""
+        """Reload one persisted item into both tables (after a restart nothing is pending),
+        and its rebuy counts when they were persisted and ``rebuys`` is kept."""
         k = self.shared.n_factors
         vec = np.frombuffer(value, np.float32, k + 1)
         for table in (self.shared, self.local):
             row = table.ensure(item)
             table.factors[row] = vec[:k]
             table.bias[row] = vec[k]
+        if self.rebuys is not None and len(value) >= 4 * (k + 1) + _COUNTS.size:
+            self.rebuys.restore(item, *_COUNTS.unpack_from(value, 4 * (k + 1)))

@@ -23,6 +23,7 @@ from flink_jobs.user_state import UserState, repeat_term
 from flywheel.settings import Settings
 from online_models.candidates import ClusteredIndex
 from online_models.item_table import ItemTable
+from online_models.rebuy_rates import ItemRebuyRates
 from online_models.repeat_term import rank_with_repeats
 from online_models.topn import top_n
 
@@ -118,10 +119,12 @@ def build_lists(
     settings: Settings,
     index: ClusteredIndex | None = None,
     served: dict[str, list[tuple[str, float]]] | None = None,
+    rebuys: ItemRebuyRates | None = None,
 ) -> list[tuple[str, str, bytes]]:
     """``(user, strategy, list JSON)`` for every user in ``batch``: one retrieval for all warm
     users (exact, or through ``index`` when the settings select it for this catalogue size),
-    the repeat term added to each user's counted items (:func:`_ranked`); cold users (fewer
+    the repeat term added to each user's counted items (:func:`_ranked`; its rebuy part reads
+    the items' rebuy rates ``rebuys``, none counted yet when ``None``); cold users (fewer
     than ``cold_user_events`` events) get ``trending``. When given,
     ``served`` receives each user's ranked ``(item, score)`` list (the live quality test)."""
     now = int(time.time() * 1000)
@@ -136,7 +139,7 @@ def build_lists(
         exclude = [
             [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
         ]
-        rows, scores = _ranked(batch, warm, vectors, items, exclude, settings, index)
+        rows, scores = _ranked(batch, warm, vectors, items, exclude, settings, index, rebuys)
         ids = items.ids
         for user, user_rows, user_scores in zip(warm, rows, np.round(scores, 5), strict=True):
             kept = user_scores != -np.inf
@@ -175,16 +178,19 @@ def _ranked(
     exclude: list[list[int]],
     settings: Settings,
     index: ClusteredIndex | None,
+    rebuys: ItemRebuyRates | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each warm user's best rows and scores (B x top_n): the model score, plus the repeat
     term on the user's counted items when it is on (one retrieval for the batch either way)."""
     term = repeat_term(settings)
     if not term.active:
         return _retrieve(vectors, items, exclude, settings, index)
+    if rebuys is None:  # no purchase counted yet: every item at the overall rate (logit 0)
+        rebuys = ItemRebuyRates(1)
     counted = []
     lookup = items.index.get
     for user, skip in zip(warm, exclude, strict=True):
-        names, values = term.values(batch[user].state.features.repeats)
+        names, values = term.values(batch[user].state.features.repeats, rebuys)
         found = np.fromiter(map(lookup, names, repeat(-1)), np.int64, len(names))
         keep = found >= 0  # items the table refused (full) cannot be listed
         if skip:

@@ -9,7 +9,8 @@ refresh, since a list write is an idempotent overwrite. Side output
 
 State: the per-user :class:`~flink_jobs.user_state.UserState` (keyed ``ValueState`` with TTL),
 when an experiment runs the user's last impressions (:mod:`flink_jobs.arm_tracker`),
-the shared item table (broadcast ``MapState``: item id -> float32 factors + bias, see
+the shared item table (broadcast ``MapState``: item id -> float32 factors + bias, and the
+item's purchase and rebuy counts while the repeat term weighs rebuy rates, see
 :mod:`flink_jobs.item_sync`), pending processing-time timers (one per dirty user, aligned to the
 coalescing interval). In memory only, rebuilt after a restore: the local item table, the
 clustered top-N index (:mod:`online_models.candidates`), decoded states of recently active
@@ -49,7 +50,7 @@ from flink_jobs.parse import decode_shown
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.state_cache import DecodedStates
 from flink_jobs.state_descriptors import BYTES, bytes_state
-from flink_jobs.user_state import decode_state, encode_state
+from flink_jobs.user_state import decode_state, encode_state, purchase_mark, rebuy_rates
 from flywheel.settings import Settings
 from monitoring.metrics import job_metrics, release, serve
 from online_models.implicit_mf import ImplicitMF
@@ -85,7 +86,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             n_negatives=s.n_negatives, action_weights=s.action_weights,
             init_std=s.init_std, seed=s.seed, max_items=s.max_items,
         )  # fmt: skip
-        self.replica = ItemReplica(self.model.items, _subtask_index(runtime_context))
+        self.replica = ItemReplica(
+            self.model.items, _subtask_index(runtime_context), rebuy_rates(s)
+        )
         self.popularity = WindowedPopularity(s.trending_window_s)
         self.queue = RefreshQueue(s.coalesce_ms, _MAX_BATCH_USERS)
         self.index = make_index(s)
@@ -140,6 +143,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if self.quality:  # test, then train: the lists served so far meet the event first
             self.quality.test(user, item, action, state)
         state.n_events += 1
+        purchase = purchase_mark(state.features, item, action)  # before the counts change
         if not state.features.add(item, action, ts, category, len(shown) or 1):
             self.metrics.late_events.inc()
         weight = self.model.weight_of(action)
@@ -154,7 +158,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             except CatalogueFull:  # features still count it; the model cannot hold the item
                 self.metrics.items_refused.inc()
             else:
-                self.replica.record_own(deltas, weight, ts, category or "")
+                self.replica.record_own(deltas, weight, ts, category or "", purchase)
                 self.metrics.model_updates.inc()
                 if self.index is not None:
                     self.index.note_positives((self.model.items.index[item],))
@@ -236,7 +240,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         batch = self.queue.take()
         items, trending = self.model.items, self._current_trending()
         served: dict[str, list[tuple[str, float]]] | None = {} if self.quality else None
-        lists = build_lists(batch, items, trending, self.settings, self.index, served)
+        lists = build_lists(
+            batch, items, trending, self.settings, self.index, served, self.replica.rebuys
+        )
         entries = []
         for user, strategy, value in lists:
             entries.append((rec_suffix("home", user), value))

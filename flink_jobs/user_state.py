@@ -20,13 +20,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from flink_jobs.item_sync import FIRST_PURCHASE, REBUY
 from flywheel.settings import Settings
 from online_models.features import UserFeatures
 from online_models.neighbours import ItemContext
+from online_models.rebuy_rates import ItemRebuyRates
 from online_models.repeat_counts import COUNTED_ACTIONS
 from online_models.repeat_term import RepeatTerm
 
-__all__ = ["UserState", "decode_state", "encode_state", "new_features", "repeat_term"]
+__all__ = [
+    "UserState",
+    "decode_state",
+    "encode_state",
+    "new_features",
+    "purchase_mark",
+    "rebuy_rates",
+    "repeat_term",
+]
 
 _LEN = struct.Struct("<I")
 
@@ -63,8 +73,28 @@ def repeat_term(settings: Settings) -> RepeatTerm:
     if settings.exclude_purchased:
         return RepeatTerm()
     return RepeatTerm(
-        settings.repeat_weight, settings.repeat_offset, settings.repeat_discovery_slots
+        settings.repeat_weight,
+        settings.repeat_offset,
+        settings.repeat_discovery_slots,
+        settings.repeat_rebuy_weight,
     )
+
+
+def rebuy_rates(settings: Settings) -> ItemRebuyRates | None:
+    """The items' rebuy rates a subtask keeps for the repeat term (``None`` while the term
+    does not weigh them), bounded like the item table (at most ``max_items`` items)."""
+    return ItemRebuyRates(settings.max_items) if repeat_term(settings).rebuy_weight else None
+
+
+def purchase_mark(features: UserFeatures, item: str, action: str) -> int:
+    """What an event tells the items' rebuy rates, read *before* ``features.add`` records it:
+    :data:`~flink_jobs.item_sync.REBUY` when it is a counted purchase of an item the user's
+    repeat counts still hold, :data:`~flink_jobs.item_sync.FIRST_PURCHASE` for another counted
+    purchase, 0 otherwise (and always 0 while no counts are kept). The benchmarked strategy
+    uses the same rule (:meth:`~online_models.repeat_aware.RepeatAwareStrategy.learn`)."""
+    if not features.repeats.max_items or features.repeat_units.get(action, 0.0) <= 0:
+        return 0
+    return REBUY if item in features.repeats.entries else FIRST_PURCHASE
 
 
 def encode_state(state: UserState) -> bytes:

@@ -111,13 +111,23 @@ class Settings(BaseSettings):
         8.0, ge=0, le=100, description="weight of log(1 + count) of the user's own items, 0 = off"
     )
     repeat_offset: float = Field(
-        -8.0, ge=-100, le=100, description="added to the score of each item the user has a count of"
+        -10.0,
+        ge=-100,
+        le=100,
+        description="added to the score of each item the user has a count of",
     )
     repeat_discovery_slots: int = Field(
         0, ge=0, le=1000, description="places of a list kept for items new to the user"
     )
     repeat_half_life_s: float = Field(
-        2_592_000.0, ge=0, description="half-life of the counts in event time, 0 = no decay"
+        7_776_000.0, ge=0, description="half-life of the counts in event time, 0 = no decay"
+    )
+    repeat_rebuy_weight: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="weight of the item's rebuy rate over all users (a centred logit) added to "
+        "the score of each item the user has a count of, 0 = off",
     )
     repeat_items_max: int = Field(
         200, ge=0, le=10_000, description="items counted per user (least recent dropped)"

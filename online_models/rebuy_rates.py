@@ -14,7 +14,10 @@ is positive and one almost never rebought is negative. ``rate_all = (rebuys + 1)
 
 State kept (bounded): at most ``max_items`` entries (item id -> [purchases, rebuys]), ordered
 from least to most recently bought; a new item beyond the bound evicts the least recently
-bought one (its counts start again from zero if it comes back). Plus the two totals.
+bought one (its counts start again from zero if it comes back). Plus the two totals. A copy
+saved item by item (the streaming job persists each item's two counts with its factors) is
+reloaded with :meth:`ItemRebuyRates.restore`; the totals are then the sums of the reloaded
+entries, equal to the saved ones unless items had been evicted.
 """
 
 from __future__ import annotations
@@ -61,6 +64,21 @@ class ItemRebuyRates:
         self.entries[item] = entry  # most recent last
         self.purchases += 1
         self.rebuys += int(rebuy)
+        if len(self.entries) > self.max_items:
+            del self.entries[next(iter(self.entries))]
+
+    def restore(self, item: str, purchases: int, rebuys: int) -> None:
+        """Set ``item``'s counts from a saved copy (its previous counts, if any, are replaced;
+        the totals follow). It becomes the most recently bought; the bound still holds.
+
+        >>> r = ItemRebuyRates(); r.restore("milk", 4, 3); r.restore("milk", 5, 3)
+        >>> r.entries["milk"], r.purchases, r.rebuys
+        ([5, 3], 5, 3)
+        """
+        before = self.entries.pop(item, None) or [0, 0]
+        self.entries[item] = [purchases, rebuys]
+        self.purchases += purchases - before[0]
+        self.rebuys += rebuys - before[1]
         if len(self.entries) > self.max_items:
             del self.entries[next(iter(self.entries))]
 

@@ -1,4 +1,5 @@
-"""Item-table replicas stay consistent through the shared delta log."""
+"""Item-table replicas stay consistent through the shared delta log, and count the same item
+rebuy rates from the purchase marks it carries."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import base64
 
 import numpy as np
 
-from flink_jobs.item_sync import DeltaBatch, ItemReplica, decode_batch, encode_batch
+from flink_jobs.item_sync import (
+    FIRST_PURCHASE,
+    REBUY,
+    DeltaBatch,
+    ItemReplica,
+    decode_batch,
+    encode_batch,
+)
 from online_models.implicit_mf import ImplicitMF
+from online_models.rebuy_rates import ItemRebuyRates
 
 
 def _model() -> ImplicitMF:
@@ -53,8 +62,8 @@ def test_positives_carry_their_category_and_old_batches_still_decode() -> None:
 
 
 def _tail(batch: DeltaBatch) -> int:
-    """Bytes the category block adds at the end of a batch's binary record."""
-    return 4 + len("\x1f".join(batch.categories or []).encode())
+    """Bytes the category block and the purchase marks add at the end of a batch's record."""
+    return 4 + len("\x1f".join(batch.categories or []).encode()) + len(batch.items)
 
 
 def test_own_echo_does_not_apply_twice_and_shared_catches_up() -> None:
@@ -125,3 +134,69 @@ def test_a_full_table_refuses_items_without_failing() -> None:
     changed = receiver.apply_published(batch)
     assert changed == {"a", "b"} and receiver.refused == 1
     assert len(small.items) == 2
+
+
+def test_purchase_marks_round_trip_and_batches_without_them_still_decode() -> None:
+    model = _model()
+    replica = ItemReplica(model.items, origin=2)
+    vector = model.new_user_vector("u")
+    marks = {"milk": REBUY, "soap": 0, "tea": FIRST_PURCHASE}
+    for i, (item, mark) in enumerate(marks.items()):
+        replica.record_own(model.update(vector, item, 1.0, f"e{i}"), 1.0, 1000 + i, "c", mark)
+    batch = replica.take_batch()
+    assert batch is not None and batch.purchases is not None
+    decoded = decode_batch(encode_batch(batch))
+    assert decoded.purchases is not None
+    positives = [i for i, w in enumerate(decoded.weights.tolist()) if w > 0]
+    assert [int(decoded.purchases[i]) for i in positives] == list(marks.values())
+    assert int(decoded.purchases.sum()) == REBUY + FIRST_PURCHASE  # negatives carry no mark
+    # the previous format ("~": categories, no purchase marks) is still read
+    body = base64.b64decode(encode_batch(batch)[1:])[: -len(batch.items)]
+    previous = decode_batch("~" + base64.b64encode(body).decode())
+    assert previous.items == batch.items and previous.purchases is None
+    assert [previous.category(i) for i in positives] == ["c"] * 3
+
+
+def _purchases(replica: ItemReplica, model: ImplicitMF, user: str, bought: list[str]) -> None:
+    """``user`` buys ``bought`` in order; a repeated item is a rebuy."""
+    vector = model.new_user_vector(user)
+    for i, item in enumerate(bought):
+        mark = REBUY if item in bought[:i] else FIRST_PURCHASE
+        replica.record_own(model.update(vector, item, 1.0, f"{user}-{i}"), 1.0, 1000 + i, "", mark)
+
+
+def test_every_replica_counts_the_same_rebuys_from_the_log_and_persists_them() -> None:
+    left, right, plain = _model(), _model(), _model()
+    rep_l = ItemReplica(left.items, 0, ItemRebuyRates())
+    rep_r = ItemReplica(right.items, 1, ItemRebuyRates())
+    rep_p = ItemReplica(plain.items, 2)  # the term does not weigh rebuy rates: none kept
+    _purchases(rep_l, left, "ann", ["milk", "milk", "cake"])
+    _purchases(rep_r, right, "bob", ["milk", "milk", "milk"])
+    assert rep_l.rebuys is not None and rep_r.rebuys is not None
+    assert len(rep_l.rebuys) == 0  # own purchases count when they come back from the log
+    log = [encode_batch(b) for b in (rep_l.take_batch(), rep_r.take_batch()) if b is not None]
+    for text in log:
+        for replica in (rep_l, rep_r, rep_p):
+            replica.apply_published(decode_batch(text))
+    assert rep_l.rebuys.entries == rep_r.rebuys.entries == {"milk": [5, 3], "cake": [1, 0]}
+    assert (rep_l.rebuys.purchases, rep_l.rebuys.rebuys) == (6, 3)
+    assert rep_p.rebuys is None
+    # persisted with each item's factors; a restored replica resumes with the same counts
+    persisted = {item: rep_l.shared_entry(item) for item in rep_l.shared.ids}
+    fresh = ItemReplica(_model().items, 0, ItemRebuyRates())
+    for item, value in persisted.items():
+        fresh.restore_entry(item, value)
+    assert fresh.rebuys is not None and fresh.rebuys.entries == rep_l.rebuys.entries
+    assert (fresh.rebuys.purchases, fresh.rebuys.rebuys) == (6, 3)
+    np.testing.assert_array_equal(
+        fresh.rebuys.logits(["milk", "cake", "tea"]), rep_l.rebuys.logits(["milk", "cake", "tea"])
+    )
+    # an entry persisted without counts (before they were kept) restores the factors only
+    k = rep_p.shared.n_factors
+    old = ItemReplica(_model().items, 0, ItemRebuyRates())
+    old.restore_entry("milk", rep_p.shared_entry("milk"))
+    assert len(rep_p.shared_entry("milk")) == 4 * (k + 1) and len(old.rebuys or ()) == 0
+    np.testing.assert_array_equal(
+        old.local.factors[old.local.index["milk"]],
+        rep_p.shared.factors[rep_p.shared.index["milk"]],
+    )
