@@ -21,10 +21,10 @@ slice; print a table; merge the figures into ``bench/results/latest.json`` as
 every strategy in that file.
 
 Strategies: ``popularity``, ``cooccurrence``, ``river_biasedmf``, ``river_funkmf``,
-``online_mf`` (ours, as the job serves it: online MF + bias + the repeat term,
-:mod:`online_models.repeat_aware`), ``online_mf_plain`` (the online MF alone), and the
-batch ALS schedules: ``batch_6h``, ``batch_daily`` (``batch_hourly`` on request: too slow for
-the full completejourney stream on 2 cores) and ``batch_6h_repeat`` (6-hourly ALS with the
+``online_mf`` (ours, as the job serves it: online MF + bias + the repeat term with the items'
+rebuy rates, :mod:`online_models.repeat_aware`), ``online_mf_plain`` (the online MF alone), and
+the batch ALS schedules: ``batch_6h``, ``batch_daily`` (``batch_hourly`` on request: too slow
+for the full completejourney stream on 2 cores) and ``batch_6h_repeat`` (6-hourly ALS with the
 same kind of repeat term, tuned by the same rule). ``batch_best`` repeats the batch variant
 with the best HR@10, repeat variants included. For the synthetic shop it also compares the
 final lists with the hidden tastes (:mod:`bench.quality_report`).

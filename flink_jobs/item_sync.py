@@ -17,10 +17,13 @@ State kept per subtask (:class:`ItemReplica`):
 - ``rebuys`` (only while the served repeat term weighs rebuy rates): every item's purchases
   and rebuys over all users (:class:`~online_models.rebuy_rates.ItemRebuyRates`), counted from
   the purchase marks the deltas carry (:data:`FIRST_PURCHASE`, :data:`REBUY`) as they come
-  back from the topic, so every subtask holds the same counts at the same offset. Only items
+  back from the topic, so every subtask holds the same counts at the same offset (its own
+  purchases too: the rates have no "read your writes"). Only items
   the shared table holds are counted, so it has at most ``max_items`` entries and never
   evicts one. The counts are persisted with the item's factors (:meth:`ItemReplica.shared_entry`)
-  and reloaded on restore, so they resume at the checkpoint's offset, neither lost nor doubled.
+  and reloaded on restore, so they resume from the checkpoint with the topic's offset. Like
+  the factors, they share the log's at-least-once delivery: a purchase whose deltas were
+  published both before a crash and again on replay is counted twice.
 
 With one subtask, ``local`` is updated exactly as a standalone model would be, so the job
 learns bit-identical factors. With several, a subtask sees other subtasks' deltas after one

@@ -13,7 +13,8 @@ its clustered index on large catalogues.
 State added to the base's: one :class:`~online_models.repeat_counts.RepeatCounts` per user
 (at most ``max_items`` items each), as the job keeps in the user's Flink state, and one
 :class:`~online_models.rebuy_rates.ItemRebuyRates` over all users (at most
-``rebuy_items_max`` items; the job does not keep it, so it serves ``rebuy_weight = 0``).
+``rebuy_items_max`` items; the job counts the same rates, by the same rule, from the purchase
+marks its item deltas carry: ``flink_jobs/item_sync.py``).
 """
 
 from __future__ import annotations

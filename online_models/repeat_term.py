@@ -14,8 +14,10 @@ buy once; a negative ``offset`` makes an item the user had once compete with new
 model's score instead of always beating them. With
 ``discovery_slots`` = d, at least d places of a list of n hold items the user has no count for
 (when there are that many), so a strong repeat term cannot crowd discovery out.
-All four at 0 is the plain model score. The streaming job keeps no item rebuy rates: it
-serves the term with ``rebuy_weight = 0`` (the prequential benchmark can tune it, offline).
+All four at 0 is the plain model score. The streaming job serves all four parts: every
+subtask counts the item rebuy rates from the purchase marks its item deltas carry
+(``flink_jobs/item_sync.py``), by the rule the benchmarked strategy uses
+(:mod:`online_models.repeat_aware`).
 
 **Retrieval.** The term is non-zero only on the user's few counted items, so a list is built
 from two parts rather than by adding a sparse vector to a dense score row: the best ``n``

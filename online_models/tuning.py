@@ -64,8 +64,9 @@ REPEAT_SPACE: dict[str, list[float]] = {
     "discovery_slots": [0, 3, 5, 7],
     "rebuy_weight": [0.0],
 }
-"""The repeat-term grid (every point is ranked). ``rebuy_weight`` (the item rebuy rates) is
-off by default, since the streaming job cannot serve it; a benchmark may widen it. Counts
+"""The repeat-term grid (every point is ranked). ``rebuy_weight`` (the item rebuy rates, which
+the streaming job serves too) is 0 only in this default grid, to keep its size; the Complete
+Journey run widens it with ``--repeat-space`` (docs/benchmarks.md). Counts
 without decay (half-life 0) are left out: on Complete Journey's tuning slice their lists
 drifted towards repeats as histories grew (first-time HR@10 over the plain model's fell by up
 to 9 % between the slice's early and late halves, e.g. 0.92 to 0.84 for weight 4, offset -4),
