@@ -6,10 +6,15 @@ For each catalogue size (10k and 100k items; 1M with ``--full``), 32 factors:
   :class:`~connectors.datasets.SyntheticShop` (20k users); the item table is first filled with
   every item through ``ItemTable.ensure``, whose rate is reported too;
 - batched exact top-50 lists per second through :func:`online_models.topn.top_n`, 256 users
-  per batch, no exclusions;
-- the GFLOP/s of a plain float32 product of the same shape (256 x 32 @ 32 x n_items), both
-  into a preallocated output and allocating its result as ``top_n`` does, and the ratio of
-  top-N's effective FLOP rate (2 * 32 * n_items per list) to the preallocated product's.
+  per batch, no exclusions, with as many threads as numpy's BLAS uses (``model.topn_threads``)
+  and with one thread (keys ``*_1thread``; BLAS limited to one thread too, as in the job);
+- the GFLOP/s of a plain float32 product of the same shape (256 x 32 @ 32 x n_items) into a
+  preallocated output, at the same two thread counts, and the ratio of top-N's effective FLOP
+  rate (2 * 32 * n_items per list) to the product's at the same thread count (``gemm_ratio``);
+- the previous implementation, :func:`online_models.topn.top_n_blas` (one BLAS product per
+  chunk, numpy selection) at the same two BLAS thread counts, as the baseline
+  (``topn_blas_per_s``, ``gemm_ratio_blas``); and the product allocating its result as that
+  path does (``gemm_alloc_gflops``, all threads).
 
 Every figure is the median of a few repeats after a warm-up, timed with ``perf_counter``.
 """
@@ -17,13 +22,15 @@ Every figure is the median of a few repeats after a warm-up, timed with ``perf_c
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from bench.common import Results, median_seconds, say
 from connectors.datasets import SyntheticShop
 from online_models.implicit_mf import ImplicitMF
-from online_models.topn import top_n
+from online_models.topn import top_n, top_n_blas
 
 __all__ = ["filled_model", "run"]
 
@@ -85,24 +92,38 @@ def _learning(n_items: int, n_events: int, repeats: int) -> tuple[Results, np.nd
 def _topn_and_gemm(
     factors: np.ndarray, bias: np.ndarray, repeats: int, min_time_s: float
 ) -> dict[str, float]:
-    """Lists/s of batched top-N and GFLOP/s of the bare product, for one catalogue."""
+    """Lists/s of batched top-N (and of the previous BLAS path) and GFLOP/s of the bare
+    product, for one catalogue: on every BLAS thread (``top_n`` with as many), then on one."""
     rng = np.random.default_rng(1)
     users = rng.normal(0.0, 0.1, (BATCH, N_FACTORS)).astype(np.float32)
     n_items = factors.shape[0]
-    per_list = 2.0 * N_FACTORS * n_items
-    topn_s = median_seconds(lambda: top_n(users, factors, bias, TOP_N), repeats, min_time_s)
+    flops = BATCH * 2.0 * N_FACTORS * n_items
     rhs = np.ascontiguousarray(factors.T)
     out = np.empty((BATCH, n_items), dtype=np.float32)
-    gemm_s = median_seconds(lambda: np.matmul(users, rhs, out=out), repeats, min_time_s)
+    threads = _blas_threads()
+    figures: dict[str, float] = {}
+    for suffix, limit in (("", threads), ("_1thread", 1)):
+        with threadpool_limits(limit, "blas"):
+            lists = partial(top_n, users, factors, bias, TOP_N, threads=limit)
+            topn_s = median_seconds(lists, repeats, min_time_s)
+            gemm_s = median_seconds(lambda: np.matmul(users, rhs, out=out), repeats, min_time_s)
+            blas = partial(top_n_blas, users, factors, bias, TOP_N)
+            blas_s = median_seconds(blas, repeats, min_time_s)
+        figures |= {
+            f"topn_per_s{suffix}": BATCH / topn_s,
+            f"gemm_gflops{suffix}": flops / gemm_s / 1e9,
+            f"gemm_ratio{suffix}": gemm_s / topn_s,
+            f"topn_blas_per_s{suffix}": BATCH / blas_s,
+            f"gemm_ratio_blas{suffix}": gemm_s / blas_s,
+        }
     alloc_s = median_seconds(lambda: users @ factors.T, repeats, min_time_s)
-    topn_per_s = BATCH / topn_s
-    gemm_flops = BATCH * per_list / gemm_s
-    return {
-        "topn_per_s": topn_per_s,
-        "gemm_gflops": gemm_flops / 1e9,
-        "gemm_alloc_gflops": BATCH * per_list / alloc_s / 1e9,
-        "gemm_ratio": topn_per_s * per_list / gemm_flops,
-    }
+    return figures | {"gemm_alloc_gflops": flops / alloc_s / 1e9}
+
+
+def _blas_threads() -> int:
+    """Threads numpy's BLAS uses by default here (all cores unless limited)."""
+    return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"),
+               default=1)  # fmt: skip
 
 
 def run(quick: bool = False, full: bool = False) -> Results:
@@ -114,6 +135,7 @@ def run(quick: bool = False, full: bool = False) -> Results:
         "model.n_negatives": N_NEGATIVES,
         "model.topn_batch_users": BATCH,
         "model.top_n": TOP_N,
+        "model.topn_threads": _blas_threads(),
     }
     for n_items in sizes:
         label = _label(n_items)
@@ -126,7 +148,7 @@ def run(quick: bool = False, full: bool = False) -> Results:
             bias = np.zeros(n_items, dtype=np.float32)
         say(f"model: top-{TOP_N} in batches of {BATCH} and the bare product on {label} items")
         for name, value in _topn_and_gemm(factors, bias, repeats, min_time_s).items():
-            results[f"model.{name}_{label}"] = round(value, 4 if name == "gemm_ratio" else 2)
+            results[f"model.{name}_{label}"] = round(value, 4 if "ratio" in name else 2)
     results["model.updates_per_s"] = results["model.updates_per_s_100k"]
     results["model.date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return results

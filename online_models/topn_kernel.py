@@ -87,6 +87,7 @@ def scan(
     acc = np.empty((TILE, STRIP), dtype=np.float32)
     hit_user = np.empty(TILE * (STRIP // _BLOCK), dtype=np.int64)
     hit_block = np.empty_like(hit_user)
+    found = np.empty(_BLOCK, dtype=np.int64)
     excl_pos = excl_ptr[:-1].copy()
     for start in range(0, n_items, STRIP):
         w = min(STRIP, n_items - start)
@@ -100,15 +101,16 @@ def scan(
             for u in range(u0, min(u0 + TILE, n_users)):
                 t, a = thresholds[u], acc[u - u0]
                 for block in range(0, w, _BLOCK):
-                    hits = 0
+                    hit = False
                     for j in range(block, min(block + _BLOCK, w)):  # vectorised, no branch
-                        hits += a[j] >= t
-                    if hits:
+                        hit |= a[j] >= t
+                    if hit:
                         hit_user[n_hits], hit_block[n_hits] = u, block
                         n_hits += 1
             if n_hits:
                 _collect(acc, u0, start, w, hit_user[:n_hits], hit_block[:n_hits], thresholds,
-                         excl_ptr, excl_rows, excl_pos, best_rows, best_scores, held)  # fmt: skip
+                         excl_ptr, excl_rows, excl_pos, best_rows, best_scores, held,
+                         found)  # fmt: skip
     for u in range(n_users):
         _sort_heap(best_rows[u], best_scores[u], held[u])
 
@@ -117,16 +119,20 @@ def scan(
 def _collect(
     acc: np.ndarray, u0: int, start: int, w: int, hit_user: np.ndarray, hit_block: np.ndarray,
     thresholds: np.ndarray, excl_ptr: np.ndarray, excl_rows: np.ndarray, excl_pos: np.ndarray,
-    best_rows: np.ndarray, best_scores: np.ndarray, held: np.ndarray,
+    best_rows: np.ndarray, best_scores: np.ndarray, held: np.ndarray, found: np.ndarray,
 ) -> None:  # fmt: skip
     """Offer the items of the blocks where ``scan`` saw a score at or above the threshold."""
     n = best_rows.shape[1]
     for h in range(hit_user.shape[0]):
         u, block = hit_user[h], hit_block[h]
         a, end = acc[u - u0], excl_ptr[u + 1]
-        for j in range(block, min(block + _BLOCK, w)):
-            s, row = a[j], start + j
-            if not s >= thresholds[u]:
+        t, n_found = thresholds[u], 0
+        for j in range(block, min(block + _BLOCK, w)):  # branch-free: where the hits are
+            found[n_found] = j
+            n_found += a[j] >= t
+        for i in range(n_found):
+            s, row = a[found[i]], start + found[i]
+            if not s >= thresholds[u]:  # raised by an earlier hit of the block
                 continue
             p = excl_pos[u]
             while p < end and excl_rows[p] < row:

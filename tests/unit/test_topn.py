@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from online_models import topn
 from online_models.topn import top_n, top_n_blas
 
 
@@ -98,6 +99,29 @@ def test_a_score_one_step_above_the_nth_is_kept() -> None:
     factors, users = np.zeros((4, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.float32)
     assert top_n(users, factors, bias, 1)[0].tolist() == [[1]]
     assert top_n(users, factors, bias, 2)[0].tolist() == [[1, 0]]
+
+
+def test_a_later_block_scoring_one_step_above_the_held_row_wins() -> None:
+    bias = np.zeros(200, dtype=np.float32)
+    bias[0] = 1.0  # held first; the threshold becomes the next float above 1
+    bias[64] = np.nextafter(np.float32(1.0), np.float32(2))  # in the next 64-row block
+    factors, users = np.zeros((200, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.float32)
+    assert top_n(users, factors, bias, 1)[0].tolist() == [[64]]
+
+
+def test_the_sampled_threshold_is_the_rank_th_best_sampled_score() -> None:
+    # 40k rows: every 16th is sampled (2,500) and 4 * n * 2,500 / 40k = 12 for n = 48
+    n_items, step, rank = 40_000, 16, 12
+    rng = np.random.default_rng(5)
+    factors = rng.normal(size=(n_items, 3)).astype(np.float32)
+    bias = rng.normal(size=n_items).astype(np.float32)
+    users = np.zeros((4, 3), dtype=np.float32)  # scores = bias
+    skip = [[], [int(np.argmax(bias[::step])) * step], [], []]
+    excl = topn._exclusions(skip, 4, n_items)
+    thresholds = np.full(4, -np.inf, dtype=np.float32)
+    topn._sample_thresholds(users, factors, bias, 48, excl, thresholds, threads=1)
+    sampled = np.sort(bias[::step])[::-1]
+    assert thresholds.tolist() == [sampled[rank - 1], sampled[rank], *[sampled[rank - 1]] * 2]
 
 
 def test_rising_scores_and_all_equal_scores() -> None:
