@@ -157,26 +157,31 @@ class ImplicitMF(Ranker):
         Returns the item-side deltas (positive first, then negatives) so that replicas of the
         item table elsewhere can apply exactly the same change.
         """
-        pos = self.items.ensure(item)
-        rows = [pos, *self._negatives(pos, key)]
-        q = self.items.factors[rows]
+        # A few microseconds of numpy per call add up at thousands of events per second:
+        # rows as one index array, no np.clip / np.outer wrappers (same arithmetic).
+        table = self.items
+        pos = table.ensure(item)
+        picked = [pos, *self._negatives(pos, key)]
+        rows = np.array(picked, np.intp)
+        q = table.factors.take(rows, axis=0)
         scores = q @ user_vector
-        scores += self.items.bias[rows]
-        np.clip(scores, -_CLIP, _CLIP, out=scores)
+        scores += table.bias.take(rows)
+        np.maximum(scores, -_CLIP, out=scores)  # clip
+        np.minimum(scores, _CLIP, out=scores)
         g = expit(scores)  # d loss / d score: weight * (sigmoid - target)
         g[0] = np.float32(weight) * (g[0] - np.float32(1.0))
         lr = np.float32(self._optimizer.learning_rate)
         l2 = np.float32(self.l2)
         grad_u = g @ q
         grad_u += l2 * user_vector
-        d_q = np.outer(g, user_vector)
+        d_q = g[:, None] * user_vector  # outer product
         d_q += l2 * q
         d_q *= -lr
         d_b = g * -lr
         self._optimizer.step(w=user_vector, g=grad_u)
-        self.items.apply(rows, d_q, d_b)  # type: ignore[arg-type]
-        ids = self.items.ids
-        return ItemDeltas([ids[r] for r in rows], d_q, d_b)
+        table.apply(rows, d_q, d_b)
+        ids = table.ids
+        return ItemDeltas([ids[r] for r in picked], d_q, d_b)
 
     def _negatives(self, positive: int, key: str) -> list[int]:
         """Distinct rows other than ``positive``, drawn by a SplitMix64 stream seeded by key."""
