@@ -44,10 +44,12 @@ def top_n(
 
     Users are processed ``chunk`` at a time; ``threads`` threads share a chunk's users (the
     kernel releases the GIL; 1 = the calling thread only). Memory per call, besides the
-    result: the sampled scores (``chunk x n_items / 16`` float32 at most), a float32 copy of
-    the chunk's users, and per thread the kernel's strip buffers (``(k + 5) x 256`` float32);
-    never the ``chunk x n_items`` score matrix. The first call in a process loads the compiled
-    kernel from numba's on-disk cache, or compiles it (several seconds) when there is none.
+    result and float32 copies of ``factors``/``bias`` when they are not contiguous float32: a
+    float32 copy of the chunk's users, the sampled item rows (``n_items / 16 x k`` float32 at
+    most), per user of a chunk a few dozen sampled scores and its exclusions as int64, and per
+    thread the kernel's strip buffers (``(k + 5) x 256`` float32); never the
+    ``chunk x n_items`` score matrix. The first call in a process loads the compiled kernel
+    from numba's on-disk cache, or compiles it (a few seconds) when there is none.
 
     >>> q = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     >>> rows, scores = top_n(np.array([[1, 0]], dtype=np.float32), q, np.zeros(3, np.float32), 2)
