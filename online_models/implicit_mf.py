@@ -24,16 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 from river import optim
 from river.reco.base import Ranker
-from scipy.special import expit
 
 from online_models.initializers import KeyedNormal
 from online_models.item_table import ItemTable
+from online_models.mf_kernel import sgd_step, splitmix_rows
 
 __all__ = ["DEFAULT_ACTION_WEIGHTS", "ImplicitMF", "ItemDeltas"]
 
 DEFAULT_ACTION_WEIGHTS = {"view": 0.5, "click": 1.0, "add_to_cart": 2.0, "purchase": 4.0}
-_CLIP = 30.0
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,45 +155,26 @@ class ImplicitMF(Ranker):
         Returns the item-side deltas (positive first, then negatives) so that replicas of the
         item table elsewhere can apply exactly the same change.
         """
-        # A few microseconds of numpy per call add up at thousands of events per second:
-        # rows as one index array, no np.clip / np.outer wrappers (same arithmetic).
         table = self.items
         pos = table.ensure(item)
-        picked = [pos, *self._negatives(pos, key)]
-        rows = np.array(picked, np.intp)
-        q = table.factors.take(rows, axis=0)
-        scores = q @ user_vector
-        scores += table.bias.take(rows)
-        np.maximum(scores, -_CLIP, out=scores)  # clip
-        np.minimum(scores, _CLIP, out=scores)
-        g = expit(scores)  # d loss / d score: weight * (sigmoid - target)
-        g[0] = np.float32(weight) * (g[0] - np.float32(1.0))
-        lr = np.float32(self._optimizer.learning_rate)
-        l2 = np.float32(self.l2)
-        grad_u = g @ q
-        grad_u += l2 * user_vector
-        d_q = g[:, None] * user_vector  # outer product
-        d_q += l2 * q
-        d_q *= -lr
-        d_b = g * -lr
+        rows = self._rows(pos, key)
+        m, k = len(rows), self.n_factors
+        d_q = np.empty((m, k), np.float32)
+        d_b = np.empty(m, np.float32)
+        grad_u = np.empty(k, np.float32)
+        lr, l2 = self._optimizer.learning_rate, self.l2
+        sgd_step(table.factors, table.bias, rows, user_vector, weight, lr, l2, d_q, d_b, grad_u)
         self._optimizer.step(w=user_vector, g=grad_u)
-        table.apply(rows, d_q, d_b)
         ids = table.ids
-        return ItemDeltas([ids[r] for r in picked], d_q, d_b)
+        return ItemDeltas([ids[r] for r in rows.tolist()], d_q, d_b)
 
-    def _negatives(self, positive: int, key: str) -> list[int]:
-        """Distinct rows other than ``positive``, drawn by a SplitMix64 stream seeded by key."""
-        n_items = len(self.items)
-        if self.n_negatives == 0 or n_items < 2:
-            return []
-        state = stable_seed(key, self._seed) | (self._seed & 0xFFFFFFFF) << 32
-        wanted = min(self.n_negatives, n_items - 1)
-        picks: list[int] = []
-        while len(picks) < wanted:
-            state = (state + 0x9E3779B97F4A7C15) & _MASK64
-            z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-            row = (z ^ (z >> 31)) % n_items
-            if row != positive and row not in picks:
-                picks.append(row)
-        return picks
+    def _rows(self, positive: int, key: str) -> np.ndarray:
+        """``positive`` followed by distinct other rows drawn by a SplitMix64 stream seeded
+        by ``key``."""
+        wanted = min(self.n_negatives, len(self.items) - 1)
+        rows = np.empty(1 + max(wanted, 0), np.int64)
+        rows[0] = positive
+        if wanted > 0:
+            state = stable_seed(key, self._seed) | (self._seed & 0xFFFFFFFF) << 32
+            splitmix_rows(np.uint64(state), positive, len(self.items), rows[1:])
+        return rows
