@@ -200,7 +200,7 @@ class ItemNeighbours(KeyedProcessFunction):
         item, ts, weight, context = value
         raw = self.state.value()
         counts = self.decoded.take(item, raw, self.settings)
-        pairs = [(x, w, p) for x, w, p in orjson.loads(context)]
+        pairs = orjson.loads(context)  # [[x, pair weight, popularity of x], ...]
         stale = counts.add(ts, weight, pairs, self.queue.written_mark(item, _now_ms()))
         raw = encode_counts(counts)
         self.state.update(raw)

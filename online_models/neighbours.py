@@ -207,10 +207,12 @@ class NeighbourCounts:
         >>> nb.add(2, 0.0, [("b", 1.5, 1.0)], mark)   # r(b) = 2.5 >= 2: b overtakes a
         True
         """
-        scale = self.scale()
-        ranked = heapq.nsmallest(
-            k, ((-_rank(entry), other) for other, entry in self.counts.items())
-        )
+        scale, sqrt = self.scale(), math.sqrt
+        keyed = [  # (-r, x): _rank inlined, this runs for every list written
+            (-(pair / sqrt(popularity)) if popularity > 1.0 else -pair, other)
+            for other, (pair, popularity) in self.counts.items()
+        ]
+        ranked = sorted(keyed)[:k] if len(keyed) <= 4 * k else heapq.nsmallest(k, keyed)
         threshold = -ranked[-1][0] if ranked and len(ranked) == k else -math.inf
         items = [(other, round(-r * scale, 5)) for r, other in ranked]
         return items, ListMark(self.landmark, threshold, scale)
