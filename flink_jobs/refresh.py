@@ -29,6 +29,8 @@ from online_models.topn import top_n
 
 __all__ = ["DirtyUser", "RefreshQueue", "build_lists", "make_index"]
 
+_MISSING = -np.inf  # score of a row past a user's candidates (row -1)
+
 
 @dataclass(slots=True)
 class DirtyUser:
@@ -140,21 +142,17 @@ def build_lists(
             [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
         ]
         rows, scores = _ranked(batch, warm, vectors, items, exclude, settings, index, rebuys)
-        ids = items.ids
-        for user, user_rows, user_scores in zip(warm, rows, np.round(scores, 5), strict=True):
-            kept = user_scores != -np.inf
-            ranked = list(
-                zip(
-                    [ids[r] for r in user_rows[kept].tolist()],
-                    user_scores[kept].tolist(),
-                    strict=True,
-                )
-            )
+        ids = items.ids  # rows and scores cross into Python once per batch, not per user
+        all_rows, all_scores = rows.tolist(), np.round(scores, 5).tolist()
+        for user, user_rows, user_scores in zip(warm, all_rows, all_scores, strict=True):
+            pairs = zip(user_rows, user_scores, strict=True)
+            ranked = [(ids[r], s) for r, s in pairs if s != _MISSING]
             out.append((user, "online_mf", _encode(user, "online_mf", batch[user], ranked, now)))
             if served is not None:
                 served[user] = ranked
+    scored = set(warm) if len(items) else set()
     for user, dirty in batch.items():
-        if user not in warm or not len(items):
+        if user not in scored:
             seen = set(dirty.exclude(settings))
             ranked = [(i, s) for i, s in trending if i not in seen][: settings.top_n]
             out.append((user, "trending", _encode(user, "trending", dirty, ranked, now)))
