@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,14 +138,17 @@ def decode_batch(text: str) -> DeltaBatch:
 
 
 def _rows(table: ItemTable, items: list[str]) -> np.ndarray:
-    """Rows of ``items`` in ``table`` (added if new), -1 where the table is full."""
-    out = np.empty(len(items), dtype=np.int64)
-    for i, item in enumerate(items):
-        try:
-            out[i] = table.ensure(item)
-        except CatalogueFull:
-            out[i] = -1
-    return out
+    """Rows of ``items`` in ``table`` (added if new, in order), -1 where the table is full."""
+    get = table.index.get
+    rows = [get(item) for item in items]
+    if None in rows:  # new items: rare once the catalogue is known
+        for i, row in enumerate(rows):
+            if row is None:
+                try:
+                    rows[i] = table.ensure(items[i])
+                except CatalogueFull:
+                    rows[i] = -1
+    return np.array(rows, np.int64)
 
 
 class ItemReplica:
@@ -215,7 +219,8 @@ class ItemReplica:
         if self.rebuys is not None and batch.purchases is not None:
             self._count_purchases(items, batch.purchases, kept)
         if batch.origin == self.origin:
-            fresh = [i for i, item in enumerate(items) if not self._pop_pending(item)]
+            pop = self._pop_pending
+            fresh = [i for i, item in enumerate(items) if not pop(item)]
         else:
             fresh = list(range(len(items)))
         if fresh:
@@ -242,13 +247,28 @@ class ItemReplica:
             self.pending[item] = left - 1
         return True
 
+    def shared_entries(self, items: Collection[str]) -> dict[str, bytes]:
+        """:meth:`shared_entry` of each of ``items`` (held by the shared table), from one
+        gather of their rows: what the job persists for the items a batch changed."""
+        names = list(items)
+        table, k = self.shared, self.shared.n_factors
+        rows = np.array([table.index[item] for item in names], np.int64)
+        block = np.empty((len(names), k + 1), np.float32)
+        block[:, :k] = table.factors[rows]
+        block[:, k] = table.bias[rows]
+        raw, width = block.tobytes(), 4 * (k + 1)
+        counts_of = self.rebuys.entries.get if self.rebuys is not None else None
+        entries = {}
+        for i, item in enumerate(names):
+            value = raw[i * width : (i + 1) * width]
+            counts = counts_of(item) if counts_of is not None else None
+            entries[item] = value + _COUNTS.pack(*counts) if counts else value
+        return entries
+
     def shared_entry(self, item: str) -> bytes:
         """Bytes persisted for ``item``: its shared factors followed by its shared bias, then
         its purchase and rebuy counts when ``rebuys`` has any."""
-        row = self.shared.index[item]
-        value = self.shared.factors[row].tobytes() + self.shared.bias[row : row + 1].tobytes()
-        counts = self.rebuys.entries.get(item) if self.rebuys is not None else None
-        return value + _COUNTS.pack(*counts) if counts else value
+        return self.shared_entries((item,))[item]
 
     def restore_entry(self, item: str, value: bytes) -> None:
         """Reload one persisted item into both tables (after a restart nothing is pending),

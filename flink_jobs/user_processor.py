@@ -189,7 +189,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             if weight > 0:
                 self.popularity.add(batch.items[i], weight, int(batch.ts[i]), batch.category(i))
         if changed:  # one call into the state backend per batch, not one per item
-            entries = {item: self.replica.shared_entry(item) for item in changed}
+            entries = self.replica.shared_entries(changed)
             ctx.get_broadcast_state(ITEMS_DESCRIPTOR).put_all(entries)
         self.metrics.item_sync_batches.labels("received").inc()
         self.metrics.items.set(len(self.model.items))

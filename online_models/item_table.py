@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from online_models.initializers import KeyedNormal
+from online_models.mf_kernel import add_rows
 
 __all__ = ["CatalogueFull", "ItemTable"]
 
@@ -82,8 +83,7 @@ class ItemTable:
 
     def apply_all(self, rows: np.ndarray, d_factors: np.ndarray, d_bias: np.ndarray) -> None:
         """Add deltas to ``rows`` in order; a row may repeat (a batch of many steps)."""
-        np.add.at(self._factors, rows, d_factors)
-        np.add.at(self._bias, rows, d_bias)
+        add_rows(self._factors, self._bias, rows, d_factors, d_bias)
 
     def _grow(self) -> None:
         capacity = min(self._factors.shape[0] * 2, self.max_items)

@@ -4,7 +4,8 @@ One step touches five item rows of 32 factors: a few hundred multiply-adds, whic
 spreads over twenty calls of about a microsecond each. :func:`sgd_step` does the step's
 arithmetic in one call and :func:`splitmix_rows` draws the sampled negatives, so the model
 spends its time on the step rather than on dispatching it. The user vector's own update stays
-with the model's River optimiser.
+with the model's River optimiser. :func:`add_rows` applies a batch of published deltas to an
+item table replica (what ``np.add.at`` does, without its per-row overhead).
 
 The step uses the factors as they are before it (all gradients first, then all updates), in
 float32 throughout; the scores are clipped to ``[-CLIP, CLIP]`` before the sigmoid.
@@ -20,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["CLIP", "sgd_step", "splitmix_rows"]
+__all__ = ["CLIP", "add_rows", "sgd_step", "splitmix_rows"]
 
 CLIP = 30.0
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -93,3 +94,24 @@ def splitmix_rows(state: np.uint64, positive: int, n_rows: int, out: np.ndarray)
         if fresh:
             out[found] = row
             found += 1
+
+
+@numba.njit(cache=True, boundscheck=False)
+def add_rows(
+    factors: np.ndarray, bias: np.ndarray, rows: np.ndarray, d_factors: np.ndarray,
+    d_bias: np.ndarray,
+) -> None:  # fmt: skip
+    """``factors[rows[j]] += d_factors[j]`` and ``bias[rows[j]] += d_bias[j]`` for each ``j``
+    in order, so a repeated row gets each of its deltas in turn (as ``np.add.at``).
+
+    >>> f, b = np.zeros((2, 1), np.float32), np.zeros(2, np.float32)
+    >>> add_rows(f, b, np.array([1, 1]), np.ones((2, 1), np.float32), np.ones(2, np.float32))
+    >>> f.ravel().tolist(), b.tolist()
+    ([0.0, 2.0], [0.0, 2.0])
+    """
+    k = factors.shape[1]
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        bias[r] += d_bias[j]
+        for f in range(k):
+            factors[r, f] += d_factors[j, f]

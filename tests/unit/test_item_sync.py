@@ -111,7 +111,7 @@ def test_restore_rebuilds_both_tables_from_persisted_entries() -> None:
     batch = replica.take_batch()
     assert batch is not None
     changed = replica.apply_published(batch)
-    persisted = {item: replica.shared_entry(item) for item in changed}
+    persisted = replica.shared_entries(changed)
     fresh = ItemReplica(_model().items, 0)
     for item, value in persisted.items():
         fresh.restore_entry(item, value)
@@ -182,7 +182,7 @@ def test_every_replica_counts_the_same_rebuys_from_the_log_and_persists_them() -
     assert (rep_l.rebuys.purchases, rep_l.rebuys.rebuys) == (6, 3)
     assert rep_p.rebuys is None
     # persisted with each item's factors; a restored replica resumes with the same counts
-    persisted = {item: rep_l.shared_entry(item) for item in rep_l.shared.ids}
+    persisted = rep_l.shared_entries(rep_l.shared.ids)
     fresh = ItemReplica(_model().items, 0, ItemRebuyRates())
     for item, value in persisted.items():
         fresh.restore_entry(item, value)
