@@ -24,6 +24,7 @@ events count as not evaluated until the list is rewritten).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -51,7 +52,7 @@ from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.state_cache import DecodedStates
 from flink_jobs.state_descriptors import BYTES, bytes_state
 from flink_jobs.user_state import decode_state, encode_state, purchase_mark, rebuy_rates
-from flywheel.settings import Settings
+from flywheel.settings import ACTIONS, Settings
 from monitoring.metrics import job_metrics, release, serve
 from online_models.implicit_mf import ImplicitMF
 from online_models.item_table import CatalogueFull
@@ -104,6 +105,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             else None
         )
         self.metrics = job_metrics()
+        self._accepted = {a: self.metrics.events.labels(a, "accepted") for a in ACTIONS}
         serve(s.metrics_port, s.metrics_bind)
         self.quality = JobQuality(s, self.metrics) if s.quality_k else None  # live HR/NDCG@K
         experiment = s.experiment_spec
@@ -165,7 +167,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         raw = encode_state(state)
         self.user_state.update(raw)
         self.states.put(user, raw, state)
-        self.metrics.events.labels(action, "accepted").inc()
+        self._accepted[action].inc()  # the labelled child, looked up once in open()
         if weight > 0:  # impressions change no ranking: no refresh (they are the most events)
             queued = user in self.queue.dirty
             due = self.queue.mark(user, state, self.settings, ingest, ts)
@@ -244,10 +246,11 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             batch, items, trending, self.settings, self.index, served, self.replica.rebuys
         )
         entries = []
-        for user, strategy, value in lists:
+        for user, _, value in lists:
             entries.append((rec_suffix("home", user), value))
             entries.append((features_suffix(user), orjson.dumps(batch[user].features())))
-            self.metrics.lists_written.labels(strategy).inc()
+        for strategy, n in Counter(strategy for _, strategy, _ in lists).items():
+            self.metrics.lists_written.labels(strategy).inc(n)
         self.writer.write_batch(entries)
         written = time.time()
         if self.quality and served is not None:  # the lists the users' next events meet
