@@ -44,13 +44,20 @@ from deploy.job_process import JobProcess
 from deploy.local_stack import create_topics, free_port, start_broker, start_redis
 from flywheel.events import pseudonymise
 from flywheel.settings import Settings, load_settings
-from serving.process_stats import process_stat
+from serving.process_stats import process_stat, thread_cpu
 
 __all__ = ["PipelineConfig", "run"]
 
 ACCEPTED = "flywheel_job_events_total"
 FRESHNESS = "flywheel_job_freshness_seconds"
 Record = tuple[bytes, bytes]  # key, payload
+# result key -> name prefix of the task's thread (named after its operator chain, cut to 15
+# characters by the kernel)
+_TASK_THREADS = {
+    "users": "users",
+    "item_neighbours": "item-neighbours",
+    "source_parse": "Source: events",
+}
 KeyOf = Callable[[str], bytes]  # user id -> Kafka key
 
 
@@ -96,15 +103,29 @@ class _Job:
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of the job's process group so far: the PyFlink client,
         the gateway JVM with its embedded interpreter, any Python worker processes."""
+        return sum(seconds for _, seconds in self._group())
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds so far by thread name, summed over the job's process group: Flink
+        names a task's thread after its operator chain (e.g. ``users -> Sink: ...``), and in
+        thread mode each Python operator runs in its task's thread."""
+        totals: dict[str, float] = {}
+        for pid, _ in self._group():
+            for name, seconds in thread_cpu(pid).items():
+                totals[name] = totals.get(name, 0.0) + seconds
+        return totals
+
+    def _group(self) -> list[tuple[int, float]]:
+        """``(pid, CPU seconds)`` of each live process in the job's process group."""
         popen = self.process.process
         if popen is None:
-            return 0.0
-        group, total = popen.pid, 0.0  # own session: pid = group
+            return []
+        group, found = popen.pid, []  # own session: pid = group
         for entry in Path("/proc").iterdir():
             stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
             if stat is not None and stat[0] == group:  # None: not a process, or it ended
-                total += stat[1]
-        return total
+                found.append((int(entry.name), stat[1]))
+        return found
 
     def check_alive(self) -> None:
         if not self.process.running:
@@ -301,16 +322,41 @@ def _time_split(before: Scrape, after: Scrape, wall_s: float) -> Results:
     }
 
 
+def _thread_split(
+    before: Mapping[str, float], after: Mapping[str, float], events: float
+) -> Results:
+    """CPU ms per accepted event of each task thread (:data:`_TASK_THREADS`) and of all other
+    threads together (JIT compiler, garbage collector, checkpoints, Kafka clients, the client
+    process), between two :meth:`_Job.thread_cpu` readings.
+
+    >>> _thread_split({"users -> Sink: ": 1.0}, {"users -> Sink: ": 3.0, "C2 Compiler": 0.5}, 1000)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'pipeline.thread_cpu_ms_per_event.users': 2.0,
+     'pipeline.thread_cpu_ms_per_event.item_neighbours': 0.0,
+     'pipeline.thread_cpu_ms_per_event.source_parse': 0.0,
+     'pipeline.thread_cpu_ms_per_event.other': 0.5}
+    """
+    used = {name: seconds - before.get(name, 0.0) for name, seconds in after.items()}
+    results: Results = {}
+    rest = sum(used.values())
+    for key, prefix in _TASK_THREADS.items():
+        seconds = sum(v for name, v in used.items() if name.startswith(prefix))
+        rest -= seconds
+        results[f"pipeline.thread_cpu_ms_per_event.{key}"] = round(seconds * 1000 / events, 3)
+    results["pipeline.thread_cpu_ms_per_event.other"] = round(rest * 1000 / events, 3)
+    return results
+
+
 def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
     """Sustained rate of the job on a backlog of ``n_events`` random-user events."""
     now = int(time.time() * 1000)
     records = [_record(e, keys, f"tp-{k}", now) for k, e in enumerate(shop.events(cfg.n_events))]
     say(f"throughput: producing {len(records):,} pre-serialised events")
-    before, cpu_before = job.scrape(), job.cpu_seconds()
+    before, cpu_before, threads_before = job.scrape(), job.cpu_seconds(), job.thread_cpu()
     timeout = max(300.0, cfg.n_events / 50)
     flink = FlinkBusy(job.settings.flink_metrics_port)
     samples, t_start, t_sent = _produce_and_track(job, records, "throughput", timeout, flink.sample)
-    after, cpu_after = job.scrape(), job.cpu_seconds()
+    after, cpu_after, threads_after = job.scrape(), job.cpu_seconds(), job.thread_cpu()
     rate = _steady_rate(samples, t_start + cfg.skip_s, len(records))
     wall = samples[-1][0] - t_start
     lists = _delta(before, after, "flywheel_job_lists_written_total")
@@ -334,6 +380,8 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
         "pipeline.cpu_cores": round((cpu_after - cpu_before) / wall, 2),
     }
     results.update(_time_split(before, after, wall))
+    accepted = max(1.0, _delta(before, after, ACCEPTED))
+    results.update(_thread_split(threads_before, threads_after, accepted))
     results.update(flink.means())
     say(f"throughput: {rate:,.0f} events/s (steady part), producer {t_sent - t_start:.1f} s")
     return results

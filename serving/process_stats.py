@@ -26,7 +26,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ApiProcessCollector", "api_pids", "process_stat", "process_usage"]
+__all__ = ["ApiProcessCollector", "api_pids", "process_stat", "process_usage", "thread_cpu"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -61,6 +61,30 @@ def process_stat(pid: int) -> tuple[int, float] | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
     return int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of process ``pid``'s live threads by thread name (threads
+    sharing a name are summed; names are cut to 15 characters by the kernel), from
+    ``/proc/<pid>/task``; empty if the process is gone.
+
+    >>> sum(thread_cpu(os.getpid()).values()) >= 0
+    True
+    """
+    out: dict[str, float] = {}
+    try:
+        tasks = list((_PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
 
 
 def process_usage(pid: int) -> tuple[int, float] | None:

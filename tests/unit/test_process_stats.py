@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.process_stats import ApiProcessCollector, api_pids, process_usage
+from serving.process_stats import ApiProcessCollector, api_pids, process_usage, thread_cpu
 
 
 def _values(collector: ApiProcessCollector) -> dict[str, float]:
@@ -59,3 +59,34 @@ def test_a_process_that_is_gone_has_no_usage() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert process_usage(gone.pid) is None
+    assert thread_cpu(gone.pid) == {}
+
+
+_BURN = """
+import threading, time
+burnt = threading.Event()
+def burn(seconds, then=None):
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+    if then:
+        then.set()
+        time.sleep(60)  # the thread stays alive: /proc lists live threads only
+worker = threading.Thread(target=burn, args=(0.6, burnt), daemon=True)
+worker.start(); burn(0.2); burnt.wait()
+print("done", flush=True)
+time.sleep(60)
+"""
+
+
+def test_thread_cpu_adds_up_the_process_threads_by_name() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _BURN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        by_name = thread_cpu(child.pid)
+        name = Path(f"/proc/{child.pid}/comm").read_text().strip()
+        assert set(by_name) == {name}  # Python threads keep the process's name, summed
+        assert 0.7 <= by_name[name] <= (process_usage(child.pid) or (0, 0.0))[1] + 0.01
+    finally:
+        child.kill()
+        child.wait()
