@@ -57,6 +57,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_list_suffix
+from flink_jobs import profiling
 from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.collector import tune_collector
 from flink_jobs.state_cache import DecodedCache
@@ -189,8 +190,10 @@ class ItemNeighbours(KeyedProcessFunction):
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
         serve(s.metrics_port, s.metrics_bind)
+        profiling.start(s.profile_dir, "item_neighbours")  # opt-in (flink_jobs.profiling)
 
     def close(self) -> None:
+        profiling.stop()
         release()
         client = getattr(self, "redis", None)
         if client is not None:

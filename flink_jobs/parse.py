@@ -22,6 +22,7 @@ import orjson
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
+from flink_jobs import profiling
 from flink_jobs.collector import tune_collector
 from flywheel.events import Rejection, check_event, dead_letter
 from flywheel.settings import Settings
@@ -42,8 +43,10 @@ class ParseEvents(ProcessFunction):
         tune_collector()
         self.metrics = job_metrics()
         serve(self.settings.metrics_port, self.settings.metrics_bind)
+        profiling.start(self.settings.profile_dir, "parse")  # opt-in (flink_jobs.profiling)
 
     def close(self) -> None:
+        profiling.stop()
         release()
 
     def process_element(self, value: str, ctx: Any):

@@ -41,6 +41,7 @@ from connectors.redis_lists import (
     features_suffix,
     rec_suffix,
 )
+from flink_jobs import profiling
 from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.category_lists import CategoryLists
 from flink_jobs.collector import tune_collector
@@ -114,8 +115,10 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         self._last_publish = time.monotonic()
         self._trending: list[tuple[str, float]] = []
         self._trending_at = 0.0
+        profiling.start(s.profile_dir, "users")  # opt-in (flink_jobs.profiling)
 
     def close(self) -> None:
+        profiling.stop()
         release()
         arms = getattr(self, "arms", None)
         if arms is not None:

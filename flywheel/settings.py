@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     job_metrics_url: str = Field(
         "", description="job metrics URL the API's /healthz checks; empty = this host's port"
     )
+    profile_dir: str = Field(
+        "",
+        description="directory where each Python operator of the job writes a cProfile of its "
+        "thread (flink_jobs.profiling; slows the job down); empty = off",
+    )
 
     # --- recommendation API --------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="address the recommendation API binds")
@@ -239,6 +244,13 @@ class Settings(BaseSettings):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("profile_dir")
+    @classmethod
+    def _profile_dir_is_a_directory(cls, value: str) -> str:
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"expected a directory (created if missing), got the file {value!r}")
         return value
 
     @field_validator("redis_url")
