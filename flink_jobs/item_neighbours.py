@@ -216,8 +216,9 @@ class ItemNeighbours(KeyedProcessFunction):
         yield from ()
 
     def on_timer(self, timestamp: int, ctx: Any):
-        item = ctx.get_current_key()
-        if item not in self.queue.dirty and self.queue.restored(timestamp):
+        # the key is read (a call into Java) only for a timer older than this queue's batches
+        item = ctx.get_current_key() if self.queue.restored(timestamp) else None
+        if item is not None and item not in self.queue.dirty:
             raw = self.state.value()  # a timer restored from a checkpoint: queue lost
             if raw:
                 self._queue(item, decode_counts(raw, self.settings), ctx)

@@ -203,8 +203,9 @@ class UserProcessor(KeyedBroadcastProcessFunction):
 
     # --- timers: coalesced refreshes ---------------------------------------------------------
     def on_timer(self, timestamp: int, ctx: Any):
-        user = ctx.get_current_key()
-        if user not in self.queue.dirty and self.queue.restored(timestamp):
+        # the key is read (a call into Java) only for a timer older than this queue's batches
+        user = ctx.get_current_key() if self.queue.restored(timestamp) else None
+        if user is not None and user not in self.queue.dirty:
             state = decode_state(self.user_state.value(), self.settings)  # its batch was lost
             if state.n_events:
                 now = int(time.time() * 1000)
