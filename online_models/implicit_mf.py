@@ -7,7 +7,9 @@ over the item and ``n_negatives`` sampled negatives::
     loss        = w * -log(sigmoid(score(u, i))) + sum_j -log(1 - sigmoid(score(u, j)))
 
 The step uses the factors as they are before it (all gradients first, then all updates), so it
-is the same whether it runs here or inside a Flink operator. Negatives are drawn uniformly from
+is the same whether it runs here or inside a Flink operator; its arithmetic is one compiled
+call (:func:`~online_models.mf_kernel.sgd_step`) and the user vector moves through the River
+optimiser. Negatives are drawn uniformly from
 the items known at that moment by a generator seeded with the event's key, so a replay of the
 same stream gives bit-identical factors.
 
