@@ -210,7 +210,9 @@ def _retrieve(
     if index is not None and uses_index(settings, len(items)):
         index.maybe_refresh(items.factors, items.bias, time.monotonic())
         return index.search(vectors, items.factors, items.bias, settings.top_n, exclude)
-    return top_n(vectors, items.factors, items.bias, settings.top_n, exclude)
+    return top_n(
+        vectors, items.factors, items.bias, settings.top_n, exclude, threads=settings.blas_threads
+    )
 
 
 def _encode(

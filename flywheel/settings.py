@@ -104,7 +104,9 @@ class Settings(BaseSettings):
     ann_min_items: int = Field(200_000, ge=1, description="auto: clustered from this many items")
     ann_probe: int = Field(8, ge=1, description="clusters scored per list (clustered index)")
     ann_refresh_s: float = Field(30.0, gt=0, description="clustered index reassignment period")
-    blas_threads: int = Field(1, ge=1, le=64, description="BLAS threads per job process")
+    blas_threads: int = Field(
+        1, ge=1, le=64, description="BLAS and exact top-N threads per job process"
+    )
 
     # --- repeat ("buy it again") term of the personal score ------------------------------
     repeat_weight: float = Field(
