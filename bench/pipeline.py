@@ -359,6 +359,7 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
     after, cpu_after, threads_after = job.scrape(), job.cpu_seconds(), job.thread_cpu()
     rate = _steady_rate(samples, t_start + cfg.skip_s, len(records))
     wall = samples[-1][0] - t_start
+    accepted = max(1.0, _delta(before, after, ACCEPTED))
     lists = _delta(before, after, "flywheel_job_lists_written_total")
     neighbour_updates = _delta(before, after, "flywheel_job_neighbour_updates_total")
     neighbour_lists = _delta(before, after, "flywheel_job_neighbour_lists_written_total")
@@ -374,13 +375,10 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
         "pipeline.model_updates_per_s": round(
             _delta(before, after, "flywheel_job_model_updates_total") / wall, 1
         ),
-        "pipeline.cpu_ms_per_event": round(
-            (cpu_after - cpu_before) * 1000 / max(1.0, _delta(before, after, ACCEPTED)), 3
-        ),
+        "pipeline.cpu_ms_per_event": round((cpu_after - cpu_before) * 1000 / accepted, 3),
         "pipeline.cpu_cores": round((cpu_after - cpu_before) / wall, 2),
     }
     results.update(_time_split(before, after, wall))
-    accepted = max(1.0, _delta(before, after, ACCEPTED))
     results.update(_thread_split(threads_before, threads_after, accepted))
     results.update(flink.means())
     say(f"throughput: {rate:,.0f} events/s (steady part), producer {t_sent - t_start:.1f} s")

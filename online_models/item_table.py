@@ -76,11 +76,6 @@ class ItemTable:
         self.index[item] = row
         return row
 
-    def apply(self, rows: np.ndarray, d_factors: np.ndarray, d_bias: np.ndarray) -> None:
-        """Add deltas to ``rows`` (distinct rows: one learning step's positive + negatives)."""
-        self._factors[rows] += d_factors
-        self._bias[rows] += d_bias
-
     def apply_all(self, rows: np.ndarray, d_factors: np.ndarray, d_bias: np.ndarray) -> None:
         """Add deltas to ``rows`` in order; a row may repeat (a batch of many steps)."""
         add_rows(self._factors, self._bias, rows, d_factors, d_bias)

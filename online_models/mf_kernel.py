@@ -65,11 +65,7 @@ def sgd_step(
         for f in range(k):
             grad_user[f] += g * factors[r, f]
             d_factors[j, f] = -rate * (g * user[f] + decay * factors[r, f])
-    for j in range(m):  # then the updates
-        r = rows[j]
-        bias[r] += d_bias[j]
-        for f in range(k):
-            factors[r, f] += d_factors[j, f]
+    add_rows(factors, bias, rows, d_factors, d_bias)  # then the updates
 
 
 @numba.njit(cache=True)

@@ -56,11 +56,10 @@ def process_stat(pid: int) -> tuple[int, float] | None:
     True
     """
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        _, group, seconds = _parse_stat((_PROC / str(pid) / "stat").read_text())
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (command) "
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICKS
+    return group, seconds
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -78,13 +77,23 @@ def thread_cpu(pid: int) -> dict[str, float]:
         return out
     for task in tasks:
         try:
-            stat = (task / "stat").read_text()
+            name, _, seconds = _parse_stat((task / "stat").read_text())
         except OSError:
             continue  # the thread ended
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+        out[name] = out.get(name, 0.0) + seconds
     return out
+
+
+def _parse_stat(stat: str) -> tuple[str, int, float]:
+    """``(command, process group id, user + system CPU seconds)`` from the text of a
+    ``/proc/<pid>/stat`` or ``/proc/<pid>/task/<tid>/stat`` file."""
+    end = stat.rindex(")")  # the command may itself hold ")" and spaces
+    fields = stat[end + 2 :].split()  # after "pid (command) "
+    return (
+        stat[stat.index("(") + 1 : end],
+        int(fields[2]),
+        (int(fields[11]) + int(fields[12])) / _TICKS,
+    )
 
 
 def process_usage(pid: int) -> tuple[int, float] | None:
