@@ -1,13 +1,15 @@
 """Memory benchmark: bytes per user in Flink state and in Redis, bytes per item.
 
-Users (:mod:`bench.user_data`, the job's own per-event state logic, no Flink) come from two
-streams, with the default bounds of :class:`~flywheel.settings.Settings`:
+Users (:mod:`bench.user_data`, the job's own per-event state logic, no Flink) come from three
+passes, with the default bounds of :class:`~flywheel.settings.Settings`:
 
 - ``completejourney``: all 1.47 M real purchase lines of the 84.51 Complete Journey data
   set (2,469 households, a year each: heavy users, most at the state's caps). These give the
   headline keys;
 - ``synthetic``: :class:`~connectors.datasets.SyntheticShop` with 20k users and 100k items,
-  400k events over 7 days (log-normal activity: many light users, a few heavy ones).
+  400k events over 7 days (log-normal activity: many light users, a few heavy ones);
+- ``completejourney_groceries``: Complete Journey again with ``exclude_purchased=False``, the
+  groceries configuration, whose users also keep the repeat term's per-item purchase counts.
 
 For each stream:
 
@@ -22,7 +24,10 @@ For each stream:
 
 Items: ``tracemalloc`` around filling one subtask's replica (:class:`ItemReplica`: a local
 and a shared :class:`ItemTable`) with 100k items, plus the bytes of one broadcast-state entry
-(:meth:`ItemReplica.shared_entry` and its key), and the trending counter's cost of one item.
+(:meth:`ItemReplica.shared_entry` and its key, with the item's purchase and rebuy counts when
+the settings keep them), the trending counter's cost of one item, and the item rebuy rates'
+cost of one bought item (:class:`~online_models.rebuy_rates.ItemRebuyRates`, kept while the
+repeat term weighs them; counted in ``memory.item_bytes``).
 The initialiser's table of normals (16 MiB per process, whatever the catalogue) is drawn
 before tracing, so it is not charged to the items.
 """
@@ -46,11 +51,12 @@ from connectors.datasets import SyntheticShop, completejourney_events
 from connectors.redis_lists import ListWriter
 from deploy.local_stack import free_port, start_redis
 from flink_jobs.item_sync import ItemReplica
-from flink_jobs.user_state import UserState, decode_state, encode_state
+from flink_jobs.user_state import UserState, decode_state, encode_state, rebuy_rates
 from flywheel.settings import Settings, load_settings
 from online_models.features import BUCKETS
 from online_models.item_table import ItemTable
 from online_models.popularity import WindowedPopularity
+from online_models.rebuy_rates import ItemRebuyRates
 
 __all__ = ["run", "state_at_caps", "state_parts"]
 
@@ -99,12 +105,17 @@ def state_at_caps(
     return state
 
 
-def _streams() -> Iterator[tuple[str, Iterable[dict[str, Any]]]]:
-    """(name, events) of the two streams, headline first."""
-    yield HEADLINE, completejourney_events(None, Path("var/data"))
+def _streams(
+    settings: Settings, groceries: Settings
+) -> Iterator[tuple[str, Iterable[dict[str, Any]], Settings]]:
+    """(name, events, settings) of the passes, headline first; ``completejourney_groceries``
+    replays Complete Journey with ``groceries`` (purchased items kept in the lists, so the
+    repeat term's per-user counts are in the state)."""
+    yield HEADLINE, completejourney_events(None, Path("var/data")), settings
     rate = SYN_EVENTS / (SYN_DAYS * 86400)
     shop = SyntheticShop(SYN_USERS, SYN_ITEMS, seed=11, rate_per_s=rate)
-    yield "synthetic", shop.events(SYN_EVENTS)
+    yield "synthetic", shop.events(SYN_EVENTS), settings
+    yield f"{HEADLINE}_groceries", completejourney_events(None, Path("var/data")), groceries
 
 
 def _longest(values: Iterable[str]) -> int:
@@ -231,15 +242,22 @@ def _traced(build: Any) -> tuple[Any, int]:
         tracemalloc.stop()
 
 
-def _item_figures(settings: Settings, n: int) -> Results:
+def _item_figures(settings: Settings, n: int, prefix: str = "memory") -> Results:
     def table() -> ItemTable:
         return item_table((f"i{k}" for k in range(n)), settings)
 
     def replica() -> ItemReplica:
-        out = ItemReplica(table(), 0)
+        out = ItemReplica(table(), 0, rebuy_rates(settings))
         for k in range(n):  # the shared table gets its own id strings (decoded from Kafka)
             out.shared.ensure(f"i{k}")
         return out
+
+    def rebuys() -> ItemRebuyRates | None:
+        counts = rebuy_rates(settings)
+        if counts is not None:
+            for k in range(n):
+                counts.add(f"i{k}", False)  # every item bought once: its counts exist
+        return counts
 
     def popularity() -> WindowedPopularity:
         pop = WindowedPopularity(settings.trending_window_s)
@@ -251,18 +269,22 @@ def _item_figures(settings: Settings, n: int) -> Results:
     one, one_bytes = _traced(table)
     both, both_bytes = _traced(replica)
     _, pop_bytes = _traced(popularity)
+    _, rebuy_bytes = _traced(rebuys)
     item = both.shared.ids[-1]
+    if both.rebuys is not None:
+        both.rebuys.add(item, False)  # so the entry carries its counts, as a bought item's does
     entry = len(both.shared_entry(item)) + len(item.encode())
     per_replica = both_bytes / n
     return {
-        "memory.items": n,
-        "memory.item_table_bytes_per_item": round(one_bytes / n, 1),
-        "memory.item_table_array_bytes_per_item": round(one.nbytes() / n, 1),
-        "memory.item_array_bytes_in_use": 4 * (settings.n_factors + 1),
-        "memory.item_replica_bytes_per_item": round(per_replica, 1),
-        "memory.item_broadcast_entry_bytes": entry,
-        "memory.item_trending_bytes": round(pop_bytes / n, 1),
-        "memory.item_bytes": round(per_replica + entry, 1),
+        f"{prefix}.items": n,
+        f"{prefix}.item_table_bytes_per_item": round(one_bytes / n, 1),
+        f"{prefix}.item_table_array_bytes_per_item": round(one.nbytes() / n, 1),
+        f"{prefix}.item_array_bytes_in_use": 4 * (settings.n_factors + 1),
+        f"{prefix}.item_replica_bytes_per_item": round(per_replica, 1),
+        f"{prefix}.item_broadcast_entry_bytes": entry,
+        f"{prefix}.item_trending_bytes": round(pop_bytes / n, 1),
+        f"{prefix}.item_rebuy_bytes": round(rebuy_bytes / n, 1),
+        f"{prefix}.item_bytes": round(per_replica + rebuy_bytes / n + entry, 1),
     }
 
 
@@ -285,18 +307,21 @@ def run(quick: bool = False, into: Results | None = None, work: Path | None = No
         "memory.top_n": settings.top_n,
         "memory.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
+    groceries = load_settings(redis_prefix="bench-mem", exclude_purchased=False)
     say(f"memory: {TABLE_ITEMS:,} items in one subtask's replica (tracemalloc)")
     results.update(_item_figures(settings, TABLE_ITEMS))
-    say(f"memory: {results['memory.item_bytes']:,.0f} bytes per item per subtask")
+    results.update(_item_figures(groceries, TABLE_ITEMS, "memory.groceries"))
+    say(f"memory: {results['memory.item_bytes']:,.0f} bytes per item per subtask "
+        f"({results['memory.groceries.item_bytes']:,.0f} with the item rebuy rates)")  # fmt: skip
     with _fresh_redis(work) as client:
         info = cast("dict[str, Any]", client.info("server"))
         results["memory.redis_version"] = str(info["redis_version"])
-        for name, events in _streams():
+        for name, events, pass_settings in _streams(settings, groceries):
             say(f"memory: replaying {name} through the job's per-user logic")
-            out = replay(events, settings)
-            results.update(_state_figures(name, out, settings))
+            out = replay(events, pass_settings)
+            results.update(_state_figures(name, out, pass_settings))
             say(f"memory: {name}: {len(out.states):,} users; writing their lists and features")
-            results.update(_redis_figures(name, out, settings, client))
+            results.update(_redis_figures(name, out, pass_settings, client))
             p = f"memory.{name}"
             say(f"memory: {name}: Flink state {results[f'{p}.flink_state_bytes_mean']:,.0f} B/user "
                 f"(p99 {results[f'{p}.flink_state_bytes_p99']:,.0f}), Redis "
