@@ -9,7 +9,8 @@ TaskManager memory of the running job (:mod:`bench.taskmanager_memory`, ``tm_mem
 closed-loop shopper simulation (:mod:`bench.closed_loop`, ``flywheel``: 10 minutes,
 ``--quick`` 4). Merges their figures into ``bench/results/latest.json`` (keys this run did
 not recompute are kept), plots freshness against offered load into
-``bench/results/freshness_vs_load.png`` when matplotlib is importable, and prints a table.
+``bench/results/freshness_vs_load.png`` and the model, serving and memory figures
+(:mod:`bench.plots`) when matplotlib is importable, and prints a table.
 Figures measured before a failure or Ctrl-C are still saved.
 """
 
@@ -23,7 +24,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from bench import closed_loop, memory, model, pipeline, retrieval, serving, taskmanager_memory
+from bench import (
+    closed_loop,
+    memory,
+    model,
+    pipeline,
+    plots,
+    retrieval,
+    serving,
+    taskmanager_memory,
+)
 from bench.common import (
     LATEST,
     RESULTS_DIR,
@@ -200,9 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 130
     finally:
         merged = merge_results(new)
-        plot = plot_freshness(merged)
+        drawn = [p for p in (plot_freshness(merged), *plots.draw_all(merged)) if p]
         print(format_table(new), flush=True)
-        say(f"results merged into {LATEST}" + (f"; plot {plot}" if plot else ""))
+        say(f"results merged into {LATEST}; plots: " + ", ".join(p.name for p in drawn))
     return status
 
 

@@ -29,8 +29,9 @@ deltas measure the collector's policy more than the data.
 Python side, without Flink: the resident memory of a fresh interpreter after importing the
 job's modules (``python_import_rss_bytes``, the fixed cost of the embedded interpreter before
 the initialiser's table), and the Python bytes of one decoded user state (``tracemalloc``)
-for the phase-3 users, for the users of :mod:`bench.memory`'s two streams (synthetic shop and
-Complete Journey: the same profiles as its ``memory.<stream>.flink_state_bytes_mean``) and for
+for the phase-3 users, for the users of :mod:`bench.memory`'s passes (synthetic shop, Complete
+Journey, and Complete Journey in the groceries configuration: the same profiles as its
+``memory.<stream>.flink_state_bytes_mean``) and for
 a user at every cap: the job keeps up to ``DECODED_STATES_PER_SUBTASK`` of them per subtask
 (:mod:`flink_jobs.state_cache`).
 """
@@ -221,14 +222,15 @@ def _python_figures(settings: Settings, events: list[dict[str, Any]]) -> Results
         "tm_memory.decoded_state_bytes_at_caps": round(decoded_bytes([caps], settings), 1),
         "tm_memory.decoded_states_per_subtask": DECODED_STATES_PER_SUBTASK,
     }
-    for name, stream in _streams():
+    groceries = settings.model_copy(update={"exclude_purchased": False})
+    for name, stream, pass_settings in _streams(settings, groceries):
         say(f"tm_memory: decoded states of the {name} users")
-        raw = _encoded(stream, settings)
+        raw = _encoded(stream, pass_settings)
         results[f"tm_memory.{name}.state_bytes_per_user"] = round(
             float(np.mean([len(r) for r in raw])), 1
         )
         results[f"tm_memory.{name}.decoded_state_bytes_per_user"] = round(
-            decoded_bytes(raw, settings), 1
+            decoded_bytes(raw, pass_settings), 1
         )
     return results
 
