@@ -55,6 +55,23 @@ def _number(results: Mapping[str, Value], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
+def _save(plt: Any, fig: Any, path: Path, results: Mapping[str, Value], name: str) -> Path:
+    """Title ``fig`` with its benchmark's command and date, write it to ``path``."""
+    date = str(results.get(f"{name}.date", ""))[:16]
+    fig.suptitle(f"python -m bench.run_all --only {name}  ({date})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _labelled_bars(ax: Any, bars: Sequence[tuple[str, float]], color: str, fmt: str) -> None:
+    """Vertical bars with their values written on top."""
+    ax.bar([label for label, _ in bars], [v for _, v in bars], color=color)
+    for k, (_, v) in enumerate(bars):
+        ax.annotate(format(v, fmt), (k, v), ha="center", va="bottom", fontsize=8)
+
+
 def plot_model(results: Mapping[str, Value], path: Path) -> Path | None:
     """Top-N lists/s and MF updates/s against catalogue size; ``None`` without the keys."""
     series: dict[str, list[tuple[int, float]]] = {}
@@ -88,19 +105,10 @@ def plot_model(results: Mapping[str, Value], path: Path) -> Path | None:
              title="Exact top-N against the matrix-product rate")  # fmt: skip
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
-    if updates:
-        tags = [f"{n:,}" for n, _ in updates]
-        right.bar(tags, [v for _, v in updates], color="tab:green")
-        for k, (_, v) in enumerate(updates):
-            right.annotate(f"{v:,.0f}", (k, v), ha="center", va="bottom", fontsize=8)
+    _labelled_bars(right, [(f"{n:,}", v) for n, v in updates], "tab:green", ",.0f")
     right.set(xlabel="catalogue items", ylabel="MF updates per second (one core)",
               title="Online MF updates")  # fmt: skip
-    date = str(results.get("model.date", ""))[:16]
-    fig.suptitle(f"python -m bench.run_all --only model  ({date})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, results, "model")
 
 
 def plot_serving(results: Mapping[str, Value], path: Path) -> Path | None:
@@ -125,19 +133,10 @@ def plot_serving(results: Mapping[str, Value], path: Path) -> Path | None:
              title=f"Serving API: GET list ({workers} workers)")  # fmt: skip
     left.grid(True, alpha=0.3)
     left.legend(fontsize=8)
-    shown_redis = [(q, v) for q, v in redis if v is not None]
-    if shown_redis:
-        right.bar([q for q, _ in shown_redis], [v for _, v in shown_redis], color="tab:red")
-        for k, (_, v) in enumerate(shown_redis):
-            right.annotate(f"{v:.3f}", (k, v), ha="center", va="bottom", fontsize=8)
+    _labelled_bars(right, [(q, v) for q, v in redis if v is not None], "tab:red", ".3f")
     rate = _number(results, "serving.redis_lookups_per_s")
     right.set(ylabel="ms", title="Redis list lookup" + (f" ({rate:,.0f}/s)" if rate else ""))
-    date = str(results.get("serving.date", ""))[:16]
-    fig.suptitle(f"python -m bench.run_all --only serving  ({date})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, results, "serving")
 
 
 def plot_memory(results: Mapping[str, Value], path: Path) -> Path | None:
@@ -174,12 +173,7 @@ def plot_memory(results: Mapping[str, Value], path: Path) -> Path | None:
     right.set(xlabel="bytes per user (MEMORY USAGE, mean)", title="Redis per user")
     right.legend(fontsize=7)
     right.invert_yaxis()
-    date = str(results.get("memory.date", ""))[:16]
-    fig.suptitle(f"python -m bench.run_all --only memory  ({date})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, results, "memory")
 
 
 def draw_all(results: Mapping[str, Value], into: Path = RESULTS_DIR) -> list[Path]:
