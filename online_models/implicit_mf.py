@@ -14,7 +14,8 @@ the items known at that moment by a generator seeded with the event's key, so a 
 same stream gives bit-identical factors.
 
 State kept: the :class:`~online_models.item_table.ItemTable` (bounded by ``max_items``) and,
-when used standalone through ``learn_one``, one float32 vector per user in ``users``; the
+when used standalone through ``learn_one``, one float32 vector per user in ``users`` (and, with
+``user_step_events`` on, one event count per user in ``user_events``); the
 Flink job keeps user vectors in its own keyed state instead and calls :meth:`ImplicitMF.update`.
 """
 
@@ -80,6 +81,12 @@ class ImplicitMF(Ranker):
         Seed of initialisation and negative sampling.
     max_items
         Capacity of the item table.
+    user_step_events
+        When > 0, the user's step shrinks with the user's history: its learning rate is
+        ``lr / sqrt(1 + n / user_step_events)``, ``n`` the user's earlier learnt events (the
+        caller passes it to :meth:`update`; ``learn_one`` counts them). The vector then
+        settles on the user's whole history instead of following the last events, as a
+        closed-form (ALS) fit does. 0 (default): the same rate for every event.
 
     Examples
     --------
@@ -102,6 +109,7 @@ class ImplicitMF(Ranker):
         init_std: float = 0.1,
         seed: int = 42,
         max_items: int = 2_000_000,
+        user_step_events: float = 0.0,
     ):
         super().__init__(seed=seed)
         self._seed = seed
@@ -113,11 +121,16 @@ class ImplicitMF(Ranker):
         self.action_weights = action_weights
         self.init_std = init_std
         self.max_items = max_items
+        if user_step_events < 0:
+            raise ValueError("user_step_events must be >= 0")
+        self.user_step_events = user_step_events
         self._optimizer = optim.SGD(learning_rate) if optimizer is None else optimizer
         self._weights = dict(DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights)
         self.items = ItemTable(n_factors, init_std, seed, max_items)
         self._user_init = KeyedNormal(sigma=init_std, seed=seed + 1)
         self.users: dict[str, np.ndarray] = {}
+        self.user_events: dict[str, int] = {}
+        """Learnt events per user of ``learn_one`` (kept only while ``user_step_events`` > 0)."""
 
     # --- River Ranker API ------------------------------------------------------------------
     def learn_one(self, user, item, y=None, x=None) -> None:
@@ -132,7 +145,12 @@ class ImplicitMF(Ranker):
         vector = self.users.get(user)
         if vector is None:
             vector = self.users[user] = self.new_user_vector(str(user))
-        self.update(vector, str(item), weight, str(x.get("key", f"{user}\x1f{item}")))
+        seen = 0
+        if self.user_step_events > 0:
+            seen = self.user_events.get(user, 0)
+            self.user_events[user] = seen + 1
+        key = str(x.get("key", f"{user}\x1f{item}"))
+        self.update(vector, str(item), weight, key, user_events=seen)
 
     def predict_one(self, user, item, x=None):
         """Score of ``item`` for ``user``; 0 when either is unknown."""
@@ -151,8 +169,13 @@ class ImplicitMF(Ranker):
         """Deterministic initial factors of a new user (a keyed River initialiser)."""
         return self._user_init.draw(user, self.n_factors)
 
-    def update(self, user_vector: np.ndarray, item: str, weight: float, key: str) -> ItemDeltas:
+    def update(
+        self, user_vector: np.ndarray, item: str, weight: float, key: str, user_events: int = 0
+    ) -> ItemDeltas:
         """One SGD step for a positive; mutates ``user_vector`` and the item table.
+
+        ``user_events`` (the user's earlier learnt events) scales the user's step when
+        ``user_step_events`` > 0 (class docstring); it is ignored otherwise.
 
         Returns the item-side deltas (positive first, then negatives) so that replicas of the
         item table elsewhere can apply exactly the same change.
@@ -166,9 +189,22 @@ class ImplicitMF(Ranker):
         grad_u = np.empty(k, np.float32)
         lr, l2 = self._optimizer.learning_rate, self.l2
         sgd_step(table.factors, table.bias, rows, user_vector, weight, lr, l2, d_q, d_b, grad_u)
+        if self.user_step_events > 0 and user_events > 0:
+            grad_u *= np.float32(self.user_step_scale(user_events))
         self._optimizer.step(w=user_vector, g=grad_u)
         ids = table.ids
         return ItemDeltas([ids[r] for r in rows.tolist()], d_q, d_b)
+
+    def user_step_scale(self, user_events: int) -> float:
+        """Factor of the user's learning rate after ``user_events`` learnt events (1 when
+        ``user_step_events`` is 0).
+
+        >>> ImplicitMF(user_step_events=10).user_step_scale(30)
+        0.5
+        """
+        if self.user_step_events <= 0:
+            return 1.0
+        return float(1.0 / np.sqrt(1.0 + user_events / self.user_step_events))
 
     def _rows(self, positive: int, key: str) -> np.ndarray:
         """``positive`` followed by distinct other rows drawn by a SplitMix64 stream seeded

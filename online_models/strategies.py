@@ -157,8 +157,12 @@ class OnlineMFStrategy:
     """Our :class:`ImplicitMF`, one SGD step per event, exact top-K over the whole item table.
 
     Users with fewer than ``cold_user_events`` learnt events get the popular list (as the
-    job's cold start does). State: the model (item table, one vector per user), per-user event
-    counts and the popularity window.
+    job's cold start does). ``rebuy_learn_weight`` multiplies the learning weight of a purchase
+    of an item the user purchased before (1: learnt like any purchase), so the model can spend
+    its steps on what the user's own items do not already tell. State: the model (item table,
+    one vector per user), per-user event counts, the popularity window and, while
+    ``rebuy_learn_weight`` is not 1, each user's purchased items (the job reads the same mark
+    from the repeat counts in its user state).
     """
 
     def __init__(
@@ -166,12 +170,17 @@ class OnlineMFStrategy:
         window_s: int = 7 * DAY_S,
         cold_user_events: int = 1,
         name: str = "online_mf",
+        rebuy_learn_weight: float = 1.0,
         **model_params: Any,
     ):
+        if rebuy_learn_weight < 0:
+            raise ValueError("rebuy_learn_weight must be >= 0")
         self.name = name
         self.model = ImplicitMF(**model_params)
         self.cold_user_events = cold_user_events
+        self.rebuy_learn_weight = rebuy_learn_weight
         self.counts: dict[str, int] = {}
+        self.purchased: dict[str, set[str]] = {}
         self.trending = Trending(window_s)
 
     def learn(self, user: str, item: str, action: str, ts: int) -> None:
@@ -179,9 +188,16 @@ class OnlineMFStrategy:
         weight = self.model.weight_of(action)
         if weight <= 0:
             return
+        self.trending.add(item, weight, ts)
+        if self.rebuy_learn_weight != 1.0 and action == "purchase":
+            bought = self.purchased.setdefault(user, set())
+            if item in bought:
+                weight *= self.rebuy_learn_weight
+            bought.add(item)
+            if weight <= 0:
+                return
         self.model.learn_one(user, item, weight, {"key": f"{user}\x1f{item}\x1f{ts}"})
         self.counts[user] = self.counts.get(user, 0) + 1
-        self.trending.add(item, weight, ts)
 
     def factor_view(self, users: list[str]) -> FactorView | None:
         """The model's view of the warm users (``None`` when none or no items)."""
