@@ -22,9 +22,12 @@ product) appear on the later item's list only. That is the accepted cost of one 
 event.
 
 State (keyed by item, Flink ``ValueState[bytes]`` with TTL ``neighbour_state_ttl_s`` refreshed
-on every write): the item's ``NeighbourCounts`` as JSON, at most ``2 * neighbour_max``
-neighbours. Processing-time timers (one per queued item, aligned to the batch's due time) are
-Flink state too. In memory only, each bounded: the write queue (items whose list is due, with
+on every write): the item's ``NeighbourCounts``, at most ``2 * neighbour_max`` neighbours, as a
+JSON snapshot followed by a log of at most :data:`~flink_jobs.neighbour_state.MAX_LOGGED`
+events since (:mod:`flink_jobs.neighbour_state`: most events append one short line instead of
+encoding the whole counts again; reading applies the log, giving the same counts).
+Processing-time timers (one per queued item, aligned to the batch's due time) are Flink state
+too. In memory only, each bounded: the write queue (items whose list is due, with
 their counts), at most the items touched within one ``neighbour_flush_ms`` interval (or
 ``_MAX_BATCH_ITEMS``); the decoded counts of the ``_DECODED_ITEMS`` most recently updated
 items (:class:`~flink_jobs.state_cache.DecodedCache`: reused only while Flink's bytes are
@@ -60,6 +63,7 @@ from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_
 from flink_jobs import profiling
 from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.collector import tune_collector
+from flink_jobs.neighbour_state import LoggedCounts, decode_logged
 from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
@@ -110,14 +114,13 @@ def context_record(
 
 
 def encode_counts(counts: NeighbourCounts) -> bytes:
-    """Bytes kept in Flink state."""
+    """Bytes kept in Flink state: a snapshot, no log (:mod:`flink_jobs.neighbour_state`)."""
     return orjson.dumps(counts.to_dict())
 
 
 def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:
-    """Inverse of :func:`encode_counts`; ``None`` (no state yet) gives empty counts."""
-    counts = NeighbourCounts(settings.neighbour_max, settings.neighbour_half_life_s)
-    return counts.load(orjson.loads(bytes(raw))) if raw else counts
+    """The counts of a state value (snapshot and log); ``None`` (no state) gives empty counts."""
+    return decode_logged(raw, settings).counts
 
 
 class ListQueue(BatchQueue[NeighbourCounts]):
@@ -185,7 +188,7 @@ class ItemNeighbours(KeyedProcessFunction):
         # a list's key expires list_ttl_s after its write: rewrite before that, at half-life
         mark_ttl = s.list_ttl_s * 500 if s.list_ttl_s else None
         self.queue = ListQueue(s.neighbour_flush_ms, mark_ttl_ms=mark_ttl)
-        self.decoded = DecodedCache(decode_counts, _DECODED_ITEMS)
+        self.decoded: DecodedCache[LoggedCounts] = DecodedCache(decode_logged, _DECODED_ITEMS)
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
@@ -202,15 +205,14 @@ class ItemNeighbours(KeyedProcessFunction):
     def process_element(self, value: tuple[Any, ...], ctx: Any):
         item, ts, weight, context = value
         raw = self.state.value()
-        counts = self.decoded.take(item, raw, self.settings)
-        pairs = orjson.loads(context)  # [[x, pair weight, popularity of x], ...]
-        stale = counts.add(ts, weight, pairs, self.queue.written_mark(item, _now_ms()))
-        raw = encode_counts(counts)
+        held = self.decoded.take(item, raw, self.settings)
+        mark = self.queue.written_mark(item, _now_ms())
+        raw, stale = held.add(raw, ts, weight, context, mark)  # appends to the log, or folds
         self.state.update(raw)
-        self.decoded.put(item, raw, counts)
+        self.decoded.put(item, raw, held)
         self.metrics.neighbour_updates.inc()
         if stale or item in self.queue.dirty:
-            self._queue(item, counts, ctx)
+            self._queue(item, held.counts, ctx)
         elif self.queue.is_due(_now_ms()):
             self._flush()
         yield from ()
