@@ -15,8 +15,7 @@ same stream gives bit-identical factors.
 
 State kept: the :class:`~online_models.item_table.ItemTable` (bounded by ``max_items``) and,
 when used standalone through ``learn_one``, one float32 vector per user in ``users`` (and, with
-``user_step_events`` on, one event count per user in ``user_events``); with
-``item_step_events`` on, one int64 count per item row in ``item_positives``; the
+``user_step_events`` on, one event count per user in ``user_events``); the
 Flink job keeps user vectors in its own keyed state instead and calls :meth:`ImplicitMF.update`.
 """
 
@@ -31,7 +30,7 @@ from river.reco.base import Ranker
 
 from online_models.initializers import KeyedNormal
 from online_models.item_table import ItemTable
-from online_models.mf_kernel import add_rows, sgd_step, splitmix_rows, step_gradients
+from online_models.mf_kernel import sgd_step, splitmix_rows
 
 __all__ = ["DEFAULT_ACTION_WEIGHTS", "ImplicitMF", "ItemDeltas"]
 
@@ -88,12 +87,6 @@ class ImplicitMF(Ranker):
         caller passes it to :meth:`update`; ``learn_one`` counts them). The vector then
         settles on the user's whole history instead of following the last events, as a
         closed-form (ALS) fit does. 0 (default): the same rate for every event.
-    item_step_events
-        When > 0, each item's step shrinks with the number of times it was a positive,
-        ``n_i``: ``lr / sqrt(1 + n_i / item_step_events)``, so a staple bought by thousands
-        settles while a rare item still moves. Needs one count per item (``item_positives``;
-        a replica of the table counts the positive, the first row, of each delta it applies).
-        0 (default): the same rate for every item.
 
     Examples
     --------
@@ -117,7 +110,6 @@ class ImplicitMF(Ranker):
         seed: int = 42,
         max_items: int = 2_000_000,
         user_step_events: float = 0.0,
-        item_step_events: float = 0.0,
     ):
         super().__init__(seed=seed)
         self._seed = seed
@@ -132,11 +124,6 @@ class ImplicitMF(Ranker):
         if user_step_events < 0:
             raise ValueError("user_step_events must be >= 0")
         self.user_step_events = user_step_events
-        if item_step_events < 0:
-            raise ValueError("item_step_events must be >= 0")
-        self.item_step_events = item_step_events
-        self.item_positives = np.zeros(0, np.int64)
-        """Times each item row was a positive (kept only while ``item_step_events`` > 0)."""
         self._optimizer = optim.SGD(learning_rate) if optimizer is None else optimizer
         self._weights = dict(DEFAULT_ACTION_WEIGHTS if action_weights is None else action_weights)
         self.items = ItemTable(n_factors, init_std, seed, max_items)
@@ -201,41 +188,12 @@ class ImplicitMF(Ranker):
         d_b = np.empty(m, np.float32)
         grad_u = np.empty(k, np.float32)
         lr, l2 = self._optimizer.learning_rate, self.l2
-        if self.item_step_events > 0:
-            self._scaled_item_step(rows, user_vector, weight, d_q, d_b, grad_u)
-        else:
-            sgd_step(table.factors, table.bias, rows, user_vector, weight, lr, l2, d_q, d_b, grad_u)
+        sgd_step(table.factors, table.bias, rows, user_vector, weight, lr, l2, d_q, d_b, grad_u)
         if self.user_step_events > 0 and user_events > 0:
             grad_u *= np.float32(self.user_step_scale(user_events))
         self._optimizer.step(w=user_vector, g=grad_u)
         ids = table.ids
         return ItemDeltas([ids[r] for r in rows.tolist()], d_q, d_b)
-
-    def _scaled_item_step(
-        self,
-        rows: np.ndarray,
-        user_vector: np.ndarray,
-        weight: float,
-        d_q: np.ndarray,
-        d_b: np.ndarray,
-        grad_u: np.ndarray,
-    ) -> None:
-        """The step with each item row's deltas scaled by its positives so far, then counting
-        the positive."""
-        table = self.items
-        if len(self.item_positives) < len(table):
-            grown = np.zeros(max(len(table), 2 * len(self.item_positives)), np.int64)
-            grown[: len(self.item_positives)] = self.item_positives
-            self.item_positives = grown
-        lr, l2 = self._optimizer.learning_rate, self.l2
-        factors, bias = table.factors, table.bias
-        step_gradients(factors, bias, rows, user_vector, weight, lr, l2, d_q, d_b, grad_u)
-        seen = self.item_positives[rows].astype(np.float32)
-        scale = (1.0 / np.sqrt(1.0 + seen / np.float32(self.item_step_events))).astype(np.float32)
-        d_q *= scale[:, None]
-        d_b *= scale
-        add_rows(table.factors, table.bias, rows, d_q, d_b)
-        self.item_positives[rows[0]] += 1
 
     def user_step_scale(self, user_events: int) -> float:
         """Factor of the user's learning rate after ``user_events`` learnt events (1 when

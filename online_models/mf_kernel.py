@@ -2,9 +2,7 @@
 
 One step touches five item rows of 32 factors: a few hundred multiply-adds, which numpy
 spreads over twenty calls of about a microsecond each. :func:`sgd_step` does the step's
-arithmetic in one call (:func:`step_gradients` is the same step without applying the item
-deltas, for a caller that scales them first) and :func:`splitmix_rows` draws the sampled
-negatives, so the model
+arithmetic in one call and :func:`splitmix_rows` draws the sampled negatives, so the model
 spends its time on the step rather than on dispatching it. The user vector's own update stays
 with the model's River optimiser. :func:`add_rows` applies a batch of published deltas to an
 item table replica (what ``np.add.at`` does, without its per-row overhead).
@@ -23,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["CLIP", "add_rows", "sgd_step", "splitmix_rows", "step_gradients"]
+__all__ = ["CLIP", "add_rows", "sgd_step", "splitmix_rows"]
 
 CLIP = 30.0
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -49,19 +47,6 @@ def sgd_step(
     >>> d_b.tolist(), b.tolist()   # sigmoid(0) = 0.5: the positive moves up, the negative down
     ([0.10000000149011612, -0.05000000074505806], [0.10000000149011612, -0.05000000074505806])
     """
-    step_gradients(factors, bias, rows, user, weight, lr, l2, d_factors, d_bias, grad_user)
-    add_rows(factors, bias, rows, d_factors, d_bias)  # then the updates
-
-
-@numba.njit(cache=True, boundscheck=False)
-def step_gradients(
-    factors: np.ndarray, bias: np.ndarray, rows: np.ndarray, user: np.ndarray,
-    weight: float, lr: float, l2: float,
-    d_factors: np.ndarray, d_bias: np.ndarray, grad_user: np.ndarray,
-) -> None:  # fmt: skip
-    """:func:`sgd_step` without applying its item deltas: writes ``d_factors``, ``d_bias``
-    and ``grad_user`` and changes nothing else (the caller may scale the deltas, then apply
-    them with :func:`add_rows`)."""
     m, k = d_factors.shape
     w, rate, decay = np.float32(weight), np.float32(lr), np.float32(l2)
     one, clip = np.float32(1.0), np.float32(CLIP)
@@ -80,6 +65,7 @@ def step_gradients(
         for f in range(k):
             grad_user[f] += g * factors[r, f]
             d_factors[j, f] = -rate * (g * user[f] + decay * factors[r, f])
+    add_rows(factors, bias, rows, d_factors, d_bias)  # then the updates
 
 
 @numba.njit(cache=True)

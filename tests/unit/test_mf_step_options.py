@@ -111,38 +111,3 @@ def test_a_prequential_replay_with_both_options_is_deterministic() -> None:
     first, second = run(), run()
     assert first[:2] == second[:2]
     np.testing.assert_array_equal(first[2], second[2])
-
-
-def test_item_steps_shrink_with_each_items_positives_and_the_user_step_is_as_before() -> None:
-    plain = ImplicitMF(n_factors=8, n_negatives=3, seed=3, learning_rate=0.1)
-    damped = ImplicitMF(n_factors=8, n_negatives=3, seed=3, learning_rate=0.1, item_step_events=2)
-    for model in (plain, damped):
-        _catalogue(model)
-    # i4 is a positive 6 times in a row: the plain model's later steps are taken on other
-    # factors, so compare one step at a time from equal tables
-    user = plain.new_user_vector("u")
-    for n in range(6):
-        damped.items.factors[:] = plain.items.factors
-        damped.items.bias[:] = plain.items.bias
-        u_plain, u_damped = user.copy(), user.copy()
-        d_plain = plain.update(u_plain, "i4", 4.0, f"e{n}")
-        d_damped = damped.update(u_damped, "i4", 4.0, f"e{n}")
-        assert d_plain.items == d_damped.items
-        seen = [n if item == "i4" else 0 for item in d_plain.items]
-        scale = 1.0 / np.sqrt(1.0 + np.array(seen) / 2)
-        np.testing.assert_allclose(d_damped.factors, scale[:, None] * d_plain.factors, rtol=1e-5)
-        np.testing.assert_allclose(d_damped.bias, scale * d_plain.bias, rtol=1e-5)
-        np.testing.assert_array_equal(u_damped, u_plain)
-    assert damped.item_positives[damped.items.index["i4"]] == 6
-    assert damped.item_positives.sum() == 6
-    with pytest.raises(ValueError, match="item_step_events"):
-        ImplicitMF(item_step_events=-2)
-
-
-def test_a_replay_with_item_steps_is_bit_identical() -> None:
-    a, b = (ImplicitMF(n_factors=8, seed=5, item_step_events=3) for _ in range(2))
-    _replay(a)
-    _replay(b)
-    np.testing.assert_array_equal(a.items.factors, b.items.factors)
-    np.testing.assert_array_equal(a.item_positives, b.item_positives)
-    assert a.item_positives.sum() == 600
