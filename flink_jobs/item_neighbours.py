@@ -2,11 +2,12 @@
 
 Flow. For every learnable event (action weight > 0) the users operator, which holds each
 user's :class:`~online_models.neighbours.ItemContext`, emits ONE record on the side output
-:data:`ITEM_CONTEXT` (as ``Row(y, record)``): the event's item ``y``, time, weight, and its
-context (the user's last ``neighbour_context`` distinct other items within ``neighbour_gap_s``,
-each with a pair weight and the item's windowed popularity from the users operator's trending
-counts). The record is
-keyed by ``y`` into :class:`ItemNeighbours`, which adds the context to ``y``'s
+:data:`ITEM_CONTEXT` (as ``Row(y, record)``, the record one JSON string,
+:func:`encode_context`: crossing between Python and Java as one field): the event's time,
+weight, its context (the user's last ``neighbour_context`` distinct other items within
+``neighbour_gap_s``, each with a pair weight and the item's windowed popularity from the users
+operator's trending counts) and its item ``y``. The record is keyed by ``y`` into
+:class:`ItemNeighbours`, which adds the context to ``y``'s
 :class:`~online_models.neighbours.NeighbourCounts` and rewrites ``y``'s list
 ``{prefix}:rec:product:{y}``.
 
@@ -63,7 +64,7 @@ from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_
 from flink_jobs import profiling
 from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.collector import tune_collector
-from flink_jobs.neighbour_state import LoggedCounts, decode_logged
+from flink_jobs.neighbour_state import LoggedCounts, decode_logged, event_line
 from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
@@ -77,11 +78,12 @@ __all__ = [
     "ListQueue",
     "context_record",
     "decode_counts",
+    "encode_context",
     "encode_counts",
 ]
 
-# item, ts, action weight, context JSON [[other item, pair weight, popularity], ...]
-CONTEXT_TYPE = Types.TUPLE([Types.STRING(), Types.LONG(), Types.DOUBLE(), Types.STRING()])
+# JSON [ts, action weight, [[other item, pair weight, popularity], ...], item]: encode_context
+CONTEXT_TYPE = Types.STRING()
 # Row(item, record): the side output carries its key, read on the Java side (flink_jobs.job)
 ITEM_CONTEXT = OutputTag("item-context", Types.ROW([Types.STRING(), CONTEXT_TYPE]))
 _MAX_BATCH_ITEMS = 1024
@@ -111,6 +113,18 @@ def context_record(
         return None
     pairs = [[x, w, popularity(x) or 0.0] for x, w in context.push(item, ts, weight)]
     return item, ts, float(weight), orjson.dumps(pairs).decode()
+
+
+def encode_context(record: tuple[str, int, float, str]) -> str:
+    """The side-output string of a :func:`context_record`: the JSON array ``[ts, weight,
+    context, item]``, whose first three fields are the line the item's state logs
+    (:func:`~flink_jobs.neighbour_state.event_line`).
+
+    >>> encode_context(("cups", 5000, 4.0, '[["tea",2.0,7.0]]'))
+    '[5000,4.0,[["tea",2.0,7.0]],"cups"]'
+    """
+    item, ts, weight, context = record
+    return f"{event_line(ts, weight, context)[:-1]},{orjson.dumps(item).decode()}]"
 
 
 def encode_counts(counts: NeighbourCounts) -> bytes:
@@ -202,12 +216,13 @@ class ItemNeighbours(KeyedProcessFunction):
         if client is not None:
             client.close()
 
-    def process_element(self, value: tuple[Any, ...], ctx: Any):
-        item, ts, weight, context = value
+    def process_element(self, record: str, ctx: Any):
+        event = orjson.loads(record)  # [ts, weight, context, item]: encode_context
+        item = event[3]
         raw = self.state.value()
         held = self.decoded.take(item, raw, self.settings)
         mark = self.queue.written_mark(item, _now_ms())
-        raw, stale = held.add(raw, ts, weight, context, mark)  # appends to the log, or folds
+        raw, stale = held.add(raw, event, record, mark)  # appends the record, or folds
         self.state.update(raw)
         self.decoded.put(item, raw, held)
         self.metrics.neighbour_updates.inc()

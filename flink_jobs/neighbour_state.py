@@ -6,15 +6,14 @@ touches it is most of the event's Python work on a popular item. So the state va
 ``ValueState[bytes]`` per item, written once per event as before) is::
 
     <snapshot: the counts as JSON, or nothing for an item that has none yet>
-    \\n[<ts>,<weight>,<context>]            one JSON line per event since the snapshot
+    \\n[<ts>,<weight>,<context>,<item>]     one JSON line per event since the snapshot
     ...
 
-An event appends its line (its time, action weight and the context JSON exactly as the
-item-context record carried it; a line may hold more fields after these three, ignored) to
-the bytes it read; every so often the counts are encoded
-again as the new snapshot and the log starts empty ("fold"). Reading the state decodes the
-snapshot and applies the logged events to it in order, through the same
-:meth:`NeighbourCounts.add` calls the operator made when they arrived: the same float
+An event appends its line (the item-context record exactly as it arrived: the event's time,
+action weight and context, then the item, which reading ignores) to the bytes it read; every
+so often the counts are encoded again as the new snapshot and the log starts empty ("fold").
+Reading the state decodes the snapshot and applies the logged events to it in order, through
+the same :meth:`NeighbourCounts.add` calls the operator made when they arrived: the same float
 operations in the same order, so the counts read back equal, bit for bit, those of an
 encode per event (the JSON of a float is its shortest exact repr). One value per item keeps
 Flink's guarantees as they were: a checkpoint holds snapshot and log together, a restore
@@ -30,12 +29,15 @@ snapshot folds often, which costs little (its encoding is small); a full item fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import orjson
 
 from flywheel.settings import Settings
 from online_models.neighbours import ListMark, NeighbourCounts
 
-__all__ = ["MAX_LOGGED", "LoggedCounts", "decode_logged"]
+__all__ = ["MAX_LOGGED", "LoggedCounts", "decode_logged", "event_line"]
 
 MAX_LOGGED = 16
 """Most events kept in an item's log before its counts are encoded again."""
@@ -49,10 +51,11 @@ class LoggedCounts:
 
     >>> settings = Settings()
     >>> held = decode_logged(None, settings)
-    >>> raw, stale = held.add(None, 0, 1.0, "[]")   # no snapshot yet: a fold, tiny
+    >>> raw, stale = held.add(None, [0, 1.0, []], "[0,1.0,[]]")   # no snapshot yet: a fold
     >>> raw, held.logged
     (b'{"l":0,"t":0,"n":1.0,"c":{}}', 0)
-    >>> raw, _ = held.add(raw, 1_000, 2.0, '[["tea",1,7]]')   # appended: the log stays shorter
+    >>> line = event_line(1_000, 2.0, '[["tea",1,7]]')
+    >>> raw, _ = held.add(raw, orjson.loads(line), line)   # appended: the log stays shorter
     >>> raw.split(b"\\n")[1], held.logged
     (b'[1000,2.0,[["tea",1,7]]]', 1)
     >>> decode_logged(raw, settings).counts.to_dict() == held.counts.to_dict()
@@ -68,26 +71,36 @@ class LoggedCounts:
     def add(
         self,
         raw: bytes | None,
-        ts: int,
-        weight: float,
-        context: str,
+        event: Sequence[Any],
+        line: str,
         mark: ListMark | None = None,
     ) -> tuple[bytes, bool]:
-        """Learn one event (``context``: the record's JSON ``[[x, pair weight, popularity],
-        ...]``) on top of ``raw``, the bytes these counts were read from (``None``: no state).
+        """Learn one event on top of ``raw``, the bytes these counts were read from (``None``:
+        no state). ``event`` is ``[ts, weight, context, ...]`` (context ``[[x, pair weight,
+        popularity], ...]``) and ``line`` its JSON text (:func:`event_line`), logged as it is.
 
         Returns the bytes to write back and whether the list published with ``mark`` may be
         out of date (:meth:`NeighbourCounts.add`).
         """
-        stale = self.counts.add(ts, weight, orjson.loads(context), mark)
-        line = f"\n[{ts},{weight!r},{context}]".encode()  # a float's repr is exact JSON
-        if raw and self.logged < MAX_LOGGED and self.log_bytes + len(line) <= self.snapshot_bytes:
+        stale = self.counts.add(event[0], event[1], event[2], mark)
+        line_bytes = ("\n" + line).encode()
+        fits = self.log_bytes + len(line_bytes) <= self.snapshot_bytes
+        if raw and self.logged < MAX_LOGGED and fits:
             self.logged += 1
-            self.log_bytes += len(line)
-            return raw + line, stale
+            self.log_bytes += len(line_bytes)
+            return raw + line_bytes, stale
         snapshot = orjson.dumps(self.counts.to_dict())  # fold
         self.logged, self.snapshot_bytes, self.log_bytes = 0, len(snapshot), 0
         return snapshot, stale
+
+
+def event_line(ts: int, weight: float, context: str) -> str:
+    """The JSON line ``[ts, weight, context]`` of an event (``context`` already JSON).
+
+    >>> event_line(5, 0.1, '[["tea",1.0,7.0]]')
+    '[5,0.1,[["tea",1.0,7.0]]]'
+    """
+    return f"[{ts},{weight!r},{context}]"  # a float's repr reads back exactly
 
 
 def decode_logged(raw: bytes | None, settings: Settings) -> LoggedCounts:

@@ -1,6 +1,6 @@
 """The keyed operator: per-user features and one online-MF step per event, top-N refreshes.
 
-Input 1 (keyed by pseudonymous user): validated events as :data:`EVENT_TYPE` tuples.
+Input 1 (keyed by pseudonymous user): validated events, each one :data:`EVENT_TYPE` string.
 Input 2 (broadcast): item-delta batches read back from the item-sync topic.
 Output: item-delta batches (text) for the item-sync topic. Lists go to Redis directly from the
 refresh, since a list write is an idempotent overwrite. Side output
@@ -45,10 +45,10 @@ from flink_jobs import profiling
 from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.category_lists import CategoryLists
 from flink_jobs.collector import tune_collector
-from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record
+from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record, encode_context
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.live_quality import JobQuality
-from flink_jobs.parse import decode_shown
+from flink_jobs.parse import decode_event
 from flink_jobs.refresh import RefreshQueue, build_lists, make_index
 from flink_jobs.state_cache import DecodedStates
 from flink_jobs.state_descriptors import BYTES, bytes_state
@@ -61,13 +61,9 @@ from online_models.popularity import WindowedPopularity
 
 __all__ = ["EVENT_TYPE", "ITEMS_DESCRIPTOR", "UserProcessor"]
 
-# event_id, user, item, action, ts, scene, category, brand, price, ingest_ms, experiment, arm,
-# shown (a list impression's items, flink_jobs.parse.encode_shown; "" otherwise)
-EVENT_TYPE = Types.TUPLE(
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
-     Types.STRING(), Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.LONG(),
-     Types.STRING(), Types.STRING(), Types.STRING()]
-)  # fmt: skip
+# one JSON array (flink_jobs.parse.encode_event): event_id, user, item, action, ts, scene,
+# category, brand, price, ingest_ms, experiment, arm, shown (a list impression's items, else [])
+EVENT_TYPE = Types.STRING()
 ITEMS_DESCRIPTOR = MapStateDescriptor("items", Types.STRING(), BYTES)
 _MAX_UNPUBLISHED = 2048
 _MAX_BATCH_USERS = 1024
@@ -128,10 +124,11 @@ class UserProcessor(KeyedBroadcastProcessFunction):
             client.close()
 
     # --- input 1: events -------------------------------------------------------------------
-    def process_element(self, value: tuple[Any, ...], ctx: Any):
+    def process_element(self, record: str, ctx: Any):
         self._restore_items(ctx)
+        value = decode_event(record)
         event_id, user, item, action, ts, _scene, category, _brand, _price, ingest = value[:10]
-        shown = decode_shown(value[12])  # a list impression's items, () for other events
+        shown = tuple(value[12])  # a list impression's items, () for other events
         if action == "forget":
             self._forget(user)
             return
@@ -179,7 +176,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         if self.queue.is_due(int(time.time() * 1000)):
             self._refresh()
         if pairs is not None:  # keyed by item into the item-to-item lists
-            yield ITEM_CONTEXT, Row(pairs[0], pairs)
+            yield ITEM_CONTEXT, Row(pairs[0], encode_context(pairs))
         yield from self._publish(force=False)
 
     # --- input 2: item deltas from every subtask -------------------------------------------

@@ -6,7 +6,7 @@ import random
 
 import orjson
 
-from flink_jobs.item_neighbours import decode_counts, encode_counts
+from flink_jobs.item_neighbours import decode_counts, encode_context, encode_counts
 from flink_jobs.neighbour_state import MAX_LOGGED, LoggedCounts, decode_logged
 from flywheel.settings import load_settings
 from online_models.neighbours import ListMark, NeighbourCounts
@@ -29,6 +29,19 @@ def _events(n: int, seed: int) -> list[tuple[str, int, float, str]]:
         weight = rng.choice([0.5, 1.0, 3.0, rng.random() * 3, 1e-7 * rng.random(), 1e17])
         records.append((item, ts, weight, orjson.dumps(pairs).decode()))
     return records
+
+
+def _add(
+    state: LoggedCounts,
+    raw: bytes | None,
+    ts: int,
+    weight: float,
+    context: str,
+    mark: ListMark | None = None,
+) -> tuple[bytes, bool]:
+    """The operator's step: the item-context record as it arrives, learnt and logged."""
+    record = encode_context(("an item", ts, weight, context))
+    return state.add(raw, orjson.loads(record), record, mark)
 
 
 def _old_step(raw: bytes | None, record: tuple[str, int, float, str], mark: ListMark | None):
@@ -55,7 +68,7 @@ def test_the_log_gives_bit_for_bit_the_counts_and_staleness_of_an_encode_per_eve
         state = held.pop(item, None)
         if state is None or rng.random() < 0.3:  # a cache miss: decode Flink's bytes
             state = decode_logged(new.get(item), SETTINGS)
-        raw, stale = state.add(new.get(item), *record[1:], mark)
+        raw, stale = _add(state, new.get(item), *record[1:], mark)
         new[item], held[item] = raw, state
         folds, appends = folds + (b"\n" not in raw), appends + (b"\n" in raw)
         assert stale == old_stale
@@ -78,7 +91,7 @@ def test_a_full_item_folds_every_max_logged_events_and_stays_bounded() -> None:
     small = orjson.dumps([["neighbour-1", 0.5, 2.0]]).decode()
     logged, sizes = [], []
     for k in range(3 * MAX_LOGGED + 3):
-        raw, _ = state.add(raw, 100 + k, 1.0, small)
+        raw, _ = _add(state, raw, 100 + k, 1.0, small)
         logged.append(state.logged)
         snapshot = raw.split(b"\n")[0]
         sizes.append((len(raw), len(snapshot), len(raw.split(b"\n")) - 1))
@@ -91,12 +104,12 @@ def test_a_full_item_folds_every_max_logged_events_and_stays_bounded() -> None:
 
 def test_a_log_may_not_outgrow_its_snapshot() -> None:
     state = decode_logged(None, SETTINGS)
-    raw, _ = state.add(None, 0, 1.0, "[]")
+    raw, _ = _add(state, None, 0, 1.0, "[]")
     assert state.logged == 0 and raw == encode_counts(state.counts)
     big = orjson.dumps([[f"n{k}", 1.0, 2.0] for k in range(5)]).decode()
-    raw, _ = state.add(raw, 1, 1.0, big)  # longer than the tiny snapshot: fold instead
+    raw, _ = _add(state, raw, 1, 1.0, big)  # longer than the tiny snapshot: fold instead
     assert b"\n" not in raw and state.logged == 0
-    raw, _ = state.add(raw, 2, 1.0, orjson.dumps([["n1", 1.0, 2.0]]).decode())
+    raw, _ = _add(state, raw, 2, 1.0, orjson.dumps([["n1", 1.0, 2.0]]).decode())
     assert raw.count(b"\n") == 1 and state.logged == 1
     assert state.log_bytes <= state.snapshot_bytes
 
@@ -107,7 +120,7 @@ def test_a_value_written_before_the_log_reads_as_a_snapshot() -> None:
     legacy = orjson.dumps(counts.to_dict())
     state = decode_logged(legacy, SETTINGS)
     assert (state.logged, state.snapshot_bytes, state.log_bytes) == (0, len(legacy), 0)
-    raw, _ = state.add(legacy, 6, 1.0, orjson.dumps([["tea", 1.0, 4.0]]).decode())
+    raw, _ = _add(state, legacy, 6, 1.0, orjson.dumps([["tea", 1.0, 4.0]]).decode())
     assert raw.startswith(legacy + b"\n")
     counts.add(6, 1.0, [("tea", 1.0, 4.0)])
     assert encode_counts(decode_counts(raw, SETTINGS)) == encode_counts(counts)
@@ -115,11 +128,11 @@ def test_a_value_written_before_the_log_reads_as_a_snapshot() -> None:
 
 def test_item_ids_with_spaces_and_newlines_survive_the_log() -> None:
     state = decode_logged(None, SETTINGS)
-    raw, _ = state.add(
-        None, 0, 1.0, orjson.dumps([[f"a b{k}", 1.0, 2.0] for k in range(6)]).decode()
+    raw, _ = _add(
+        state, None, 0, 1.0, orjson.dumps([[f"a b{k}", 1.0, 2.0] for k in range(6)]).decode()
     )
     odd = orjson.dumps([["line\nbreak x", 1.0, 2.0]]).decode()
-    raw, _ = state.add(raw, 1, 1.0, odd)
+    raw, _ = _add(state, raw, 1, 1.0, odd)
     assert state.logged == 1
     back = decode_counts(raw, SETTINGS)
     assert back.decayed("line\nbreak x") == state.counts.decayed("line\nbreak x") == 1.0
