@@ -1,9 +1,13 @@
 """Per-event cost of the item-to-item lists: ``python -m bench.neighbours [--no-save]``.
 
 Times, on one core, what one learnable event adds to the job: on the users side, pushing the
-item into the user's context and encoding the side-output record; on the item side, decoding
-the item's state, adding the context, encoding it back (the item full: ``2 * neighbour_max``
-neighbours, the most it ever holds), and building one list for Redis. Writes
+item into the user's context and encoding the side-output record; on the item side, what
+the job does per record with the item full (``2 * neighbour_max`` neighbours, the most it
+ever holds): adding the context to the decoded counts and appending the record to the state
+value, or, every so often, encoding the counts again (:mod:`flink_jobs.neighbour_state`; the
+mean over many records, folds included), and building one list for Redis.
+``neighbours.item_snapshot_bytes`` is the encoded full item, ``neighbours.item_state_bytes``
+the largest state value seen (snapshot and a full log: what memory sizing assumes). Writes
 ``neighbours.*`` keys (microseconds) into ``bench/results/latest.json`` and prints a table.
 """
 
@@ -11,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import random
+from typing import cast
 
 import orjson
 
 from bench.common import Results, format_table, median_seconds, merge_results, say
 from flink_jobs.item_neighbours import context_record, decode_counts, encode_counts
+from flink_jobs.neighbour_state import LoggedCounts, decode_logged
 from flywheel.settings import load_settings
 from online_models.neighbours import ItemContext, NeighbourCounts
 
@@ -43,12 +49,18 @@ def measure() -> Results:
         return context_record(context, f"sku-{i % 97}", 1_700_000_000_000 + i, 1.0, popularity.get)
 
     raw = encode_counts(_full_item(settings.neighbour_max, rng))
-    pairs = [(f"sku-{i}", 1.0, 10.0) for i in range(settings.neighbour_context)]
+    pairs = [[f"sku-{i}", 1.0, 10.0] for i in range(settings.neighbour_context)]
+    held = {"raw": raw, "counts": decode_logged(raw, settings), "largest": len(raw)}
+    ticks = iter(range(10**9))
 
     def item_side() -> bytes:
-        counts = decode_counts(raw, settings)
-        counts.add(1_700_000_001_000, 1.0, pairs)
-        return encode_counts(counts)
+        """As the job does per record: the decoded counts reused (its cache), the record
+        appended to the item's log or, every so often, the counts encoded again (a fold)."""
+        event = [1_700_000_001_000 + next(ticks), 1.0, pairs, "sku-x"]
+        counts = cast(LoggedCounts, held["counts"])
+        out, _ = counts.add(cast(bytes, held["raw"]), event, orjson.dumps(event).decode())
+        held["raw"], held["largest"] = out, max(cast(int, held["largest"]), len(out))
+        return out
 
     full = decode_counts(raw, settings)
     record = users_side()
@@ -60,7 +72,8 @@ def measure() -> Results:
         "neighbours.list_build_us": round(
             median_seconds(lambda: full.top(settings.top_n)) * 1e6, 2
         ),
-        "neighbours.item_state_bytes": len(raw),
+        "neighbours.item_snapshot_bytes": len(raw),
+        "neighbours.item_state_bytes": cast(int, held["largest"]),
     }
 
 
