@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import argparse
 import random
-from typing import cast
+from itertools import cycle
 
 import orjson
 
 from bench.common import Results, format_table, median_seconds, merge_results, say
-from flink_jobs.item_neighbours import context_record, decode_counts, encode_counts
-from flink_jobs.neighbour_state import LoggedCounts, decode_logged
+from flink_jobs.item_neighbours import (
+    context_record,
+    decode_counts,
+    encode_context,
+    encode_counts,
+)
+from flink_jobs.neighbour_state import decode_logged
 from flywheel.settings import load_settings
 from online_models.neighbours import ItemContext, NeighbourCounts
 
@@ -44,28 +49,36 @@ def measure() -> Results:
     step = iter(range(10**9))
     popularity: dict[str, float] = {}
 
-    def users_side() -> object:
+    def users_side() -> str | None:
+        """The users operator's part: the context record and its side-output string."""
         i = next(step)
-        return context_record(context, f"sku-{i % 97}", 1_700_000_000_000 + i, 1.0, popularity.get)
+        record = context_record(
+            context, f"sku-{i % 97}", 1_700_000_000_000 + i, 1.0, popularity.get
+        )
+        return encode_context(record) if record is not None else None
 
     raw = encode_counts(_full_item(settings.neighbour_max, rng))
-    pairs = [[f"sku-{i}", 1.0, 10.0] for i in range(settings.neighbour_context)]
-    held = {"raw": raw, "counts": decode_logged(raw, settings), "largest": len(raw)}
-    ticks = iter(range(10**9))
+    pairs = orjson.dumps([[f"sku-{i}", 1.0, 10.0] for i in range(settings.neighbour_context)])
+    records = cycle([
+        encode_context(("sku-x", 1_700_000_001_000 + i, 1.0, pairs.decode()))
+        for i in range(4096)
+    ])  # fmt: skip
+    held = decode_logged(raw, settings)
+    value, largest = raw, len(raw)  # the item's state value, as the job reads and writes it
 
-    def item_side() -> bytes:
-        """As the job does per record: the decoded counts reused (its cache), the record
-        appended to the item's log or, every so often, the counts encoded again (a fold)."""
-        event = [1_700_000_001_000 + next(ticks), 1.0, pairs, "sku-x"]
-        counts = cast(LoggedCounts, held["counts"])
-        out, _ = counts.add(cast(bytes, held["raw"]), event, orjson.dumps(event).decode())
-        held["raw"], held["largest"] = out, max(cast(int, held["largest"]), len(out))
-        return out
+    def item_side() -> None:
+        """The item operator's part per record, as its process_element does it: the decoded
+        counts reused (its cache), the record appended to the item's log or, every so often,
+        the counts encoded again (a fold)."""
+        nonlocal value, largest
+        record = next(records)
+        value, _ = held.add(value, orjson.loads(record), record)
+        largest = max(largest, len(value))
 
     full = decode_counts(raw, settings)
     record = users_side()
     assert record is not None
-    say(f"item state {len(raw)} bytes, record {len(orjson.dumps(record))} bytes")
+    say(f"item state {len(raw)} bytes, record {len(record)} bytes")
     return {
         "neighbours.users_side_us": round(median_seconds(users_side) * 1e6, 2),
         "neighbours.item_update_us": round(median_seconds(item_side) * 1e6, 2),
@@ -73,7 +86,7 @@ def measure() -> Results:
             median_seconds(lambda: full.top(settings.top_n)) * 1e6, 2
         ),
         "neighbours.item_snapshot_bytes": len(raw),
-        "neighbours.item_state_bytes": cast(int, held["largest"]),
+        "neighbours.item_state_bytes": largest,
     }
 
 

@@ -189,7 +189,7 @@ class ImplicitMF(Ranker):
         grad_u = np.empty(k, np.float32)
         lr, l2 = self._optimizer.learning_rate, self.l2
         sgd_step(table.factors, table.bias, rows, user_vector, weight, lr, l2, d_q, d_b, grad_u)
-        if self.user_step_events > 0 and user_events > 0:
+        if self.user_step_events > 0:
             grad_u *= np.float32(self.user_step_scale(user_events))
         self._optimizer.step(w=user_vector, g=grad_u)
         ids = table.ids
