@@ -64,7 +64,7 @@ from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_
 from flink_jobs import profiling
 from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.collector import tune_collector
-from flink_jobs.neighbour_state import LoggedCounts, decode_logged, event_line
+from flink_jobs.neighbour_state import LoggedCounts, decode_logged, encode_snapshot, event_line
 from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
@@ -129,7 +129,7 @@ def encode_context(record: tuple[str, int, float, str]) -> str:
 
 def encode_counts(counts: NeighbourCounts) -> bytes:
     """Bytes kept in Flink state: a snapshot, no log (:mod:`flink_jobs.neighbour_state`)."""
-    return orjson.dumps(counts.to_dict())
+    return encode_snapshot(counts)
 
 
 def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:

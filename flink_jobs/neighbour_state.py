@@ -37,7 +37,7 @@ import orjson
 from flywheel.settings import Settings
 from online_models.neighbours import ListMark, NeighbourCounts
 
-__all__ = ["MAX_LOGGED", "LoggedCounts", "decode_logged", "event_line"]
+__all__ = ["MAX_LOGGED", "LoggedCounts", "decode_logged", "encode_snapshot", "event_line"]
 
 MAX_LOGGED = 16
 """Most events kept in an item's log before its counts are encoded again."""
@@ -89,9 +89,14 @@ class LoggedCounts:
             self.logged += 1
             self.log_bytes += len(line_bytes)
             return raw + line_bytes, stale
-        snapshot = orjson.dumps(self.counts.to_dict())  # fold
+        snapshot = encode_snapshot(self.counts)  # fold
         self.logged, self.snapshot_bytes, self.log_bytes = 0, len(snapshot), 0
         return snapshot, stale
+
+
+def encode_snapshot(counts: NeighbourCounts) -> bytes:
+    """The snapshot part of a state value: the counts as JSON (a value with an empty log)."""
+    return orjson.dumps(counts.to_dict())
 
 
 def event_line(ts: int, weight: float, context: str) -> str:
