@@ -206,7 +206,7 @@ class ItemNeighbours(KeyedProcessFunction):
         self.redis = redis.Redis.from_url(s.redis_url)
         self.writer = ListWriter(self.redis, s.redis_prefix, s.list_ttl_s)
         self.metrics = job_metrics()
-        serve(s.metrics_port, s.metrics_bind)
+        serve(s.metrics_port, s.metrics_bind, s.metrics_port_span)
         profiling.start(s.profile_dir, "item_neighbours")  # opt-in (flink_jobs.profiling)
 
     def close(self) -> None:

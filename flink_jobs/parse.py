@@ -45,7 +45,9 @@ class ParseEvents(ProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         tune_collector()
         self.metrics = job_metrics()
-        serve(self.settings.metrics_port, self.settings.metrics_bind)
+        serve(
+            self.settings.metrics_port, self.settings.metrics_bind, self.settings.metrics_port_span
+        )
         profiling.start(self.settings.profile_dir, "parse")  # opt-in (flink_jobs.profiling)
 
     def close(self) -> None:

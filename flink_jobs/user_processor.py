@@ -103,7 +103,7 @@ class UserProcessor(KeyedBroadcastProcessFunction):
         )
         self.metrics = job_metrics()
         self._accepted = {a: self.metrics.events.labels(a, "accepted") for a in ACTIONS}
-        serve(s.metrics_port, s.metrics_bind)
+        serve(s.metrics_port, s.metrics_bind, s.metrics_port_span)
         self.quality = JobQuality(s, self.metrics) if s.quality_k else None  # live HR/NDCG@K
         experiment = s.experiment_spec
         self.arms = ArmTracker(s, experiment, runtime_context, self.metrics) if experiment else None

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -179,6 +185,13 @@ class Settings(BaseSettings):
     restore_from: str = Field("", description="checkpoint/savepoint path to restore, or ''")
     flink_metrics_port: int = Field(9249, ge=0, le=65535, description="Flink Prometheus port")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Flywheel metrics port")
+    metrics_port_span: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="ports from metrics_port on where a job process serves its metrics (the "
+        "first free one): one per TaskManager sharing a host; 1 = metrics_port only",
+    )
     metrics_bind: str = Field("127.0.0.1", description="address the metrics endpoints bind")
     job_metrics_url: str = Field(
         "", description="job metrics URL the API's /healthz checks; empty = this host's port"
@@ -253,6 +266,14 @@ class Settings(BaseSettings):
     def _profile_dir_is_a_directory(cls, value: str) -> str:
         if value and Path(value).exists() and not Path(value).is_dir():
             raise ValueError(f"expected a directory (created if missing), got the file {value!r}")
+        return value
+
+    @field_validator("metrics_port_span")
+    @classmethod
+    def _metrics_ports_exist(cls, value: int, info: ValidationInfo) -> int:
+        first = info.data.get("metrics_port")
+        if isinstance(first, int) and first and first + value - 1 > 65535:
+            raise ValueError(f"metrics_port {first} + span {value} runs past port 65535")
         return value
 
     @field_validator("redis_url")

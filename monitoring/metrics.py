@@ -219,23 +219,31 @@ def job_metrics() -> JobMetrics:
         return _metrics
 
 
-def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose the process-wide registry on ``addr:port`` while any operator uses it.
+def serve(port: int, addr: str = "127.0.0.1", span: int = 1) -> None:
+    """Expose the process-wide registry on ``addr`` at the first free port of
+    ``port .. port + span - 1`` while any operator uses it.
 
     Every operator calls this in ``open()`` and :func:`release` in ``close()``; the HTTP
     server runs while at least one is open, so a restarted job (new operators, maybe a new
-    interpreter in the same JVM) can bind the port again. A port that cannot be bound is
-    logged, not raised: metrics must not take the pipeline down (``up == 0`` alerts on it).
+    interpreter in the same JVM) can bind a port again. ``span`` > 1 lets several job
+    processes on one host (TaskManagers of a standalone cluster) each take a port of the
+    range. When no port of it can be bound, that is logged, not raised: metrics must not take
+    the pipeline down (``up == 0`` alerts on it).
     """
     global _server, _users
     with _lock:
         _users += 1
         if port == 0 or _server is not None:
             return
-        try:
-            _server, _ = start_http_server(port, addr=addr, registry=_registry)
-        except OSError as exc:
-            _log.error("cannot serve metrics on %s:%s: %s", addr, port, exc)
+        for candidate in range(port, port + max(1, span)):
+            try:
+                _server, _ = start_http_server(candidate, addr=addr, registry=_registry)
+                return
+            except OSError as exc:
+                error = exc
+        last = port + max(1, span) - 1
+        where = f"{addr}:{port}" if last == port else f"{addr}:{port}-{last}"
+        _log.error("cannot serve metrics on %s: %s", where, error)
 
 
 def release() -> None:
