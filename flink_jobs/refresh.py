@@ -12,6 +12,7 @@ queue re-reads the user's state and refreshes it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -142,11 +143,10 @@ def build_lists(
             [items.index[i] for i in batch[u].exclude(settings) if i in items.index] for u in warm
         ]
         rows, scores = _ranked(batch, warm, vectors, items, exclude, settings, index, rebuys)
-        ids = items.ids  # rows and scores cross into Python once per batch, not per user
+        item_of = items.ids.__getitem__  # rows and scores cross into Python once per batch
         all_rows, all_scores = rows.tolist(), np.round(scores, 5).tolist()
         for user, user_rows, user_scores in zip(warm, all_rows, all_scores, strict=True):
-            pairs = zip(user_rows, user_scores, strict=True)
-            ranked = [(ids[r], s) for r, s in pairs if s != _MISSING]
+            ranked = _pairs(item_of, user_rows, user_scores)
             out.append((user, "online_mf", _encode(user, "online_mf", batch[user], ranked, now)))
             if served is not None:
                 served[user] = ranked
@@ -159,6 +159,19 @@ def build_lists(
             if served is not None:
                 served[user] = ranked
     return out
+
+
+def _pairs(
+    item_of: Callable[[int], str], rows: list[int], scores: list[float]
+) -> list[tuple[str, float]]:
+    """``(item, score)`` of a user's ranked rows, without the rows past the user's candidates.
+
+    >>> _pairs(["a", "b", "c"].__getitem__, [2, 0, -1], [0.5, 0.25, _MISSING])
+    [('c', 0.5), ('a', 0.25)]
+    """
+    if scores and scores[-1] == _MISSING:  # rare: fewer candidates than top_n
+        return [(item_of(r), s) for r, s in zip(rows, scores, strict=True) if s != _MISSING]
+    return list(zip(map(item_of, rows), scores, strict=True))  # no per-pair Python frame
 
 
 def uses_index(settings: Settings, n_items: int) -> bool:

@@ -37,7 +37,12 @@ rest dropped (ties: smaller item id kept), so pruning costs ``O(max_neighbours l
 max_neighbours)`` once per ``max_neighbours`` new neighbours. A pruned pair restarts from zero
 if it comes back: kept weights are lower bounds for the strong pairs, which is what a top-K
 list needs. Pruning ranks by evidence (pair weight), not by the normalised score, so a single
-co-occurrence with a rarely seen item cannot push out well-supported neighbours.
+co-occurrence with a rarely seen item cannot push out well-supported neighbours. In memory
+only (not part of :meth:`NeighbourCounts.to_dict`), an instance that has published a list
+also keeps each neighbour's ranking key ``-r(x)`` (one float per neighbour, so at most
+``2 * max_neighbours``), updated by :meth:`NeighbourCounts.add` for its context items: a
+counts object that stays in memory between events ranks its next list by sorting those keys,
+without recomputing ``r`` for every neighbour.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 __all__ = ["SCALE_TOLERANCE", "ItemContext", "ListMark", "NeighbourCounts"]
 
@@ -132,7 +139,7 @@ class NeighbourCounts:
     (1.5, 0.5)
     """
 
-    __slots__ = ("counts", "half_life_ms", "landmark", "max_neighbours", "n", "now")
+    __slots__ = ("_keys", "counts", "half_life_ms", "landmark", "max_neighbours", "n", "now")
 
     def __init__(self, max_neighbours: int = 100, half_life_s: float = 7 * 86400) -> None:
         if max_neighbours < 1 or half_life_s <= 0:
@@ -143,6 +150,9 @@ class NeighbourCounts:
         self.now = 0  # largest event time seen (ms)
         self.n = 0.0  # decayed weight of the item's own events, in landmark units
         self.counts: dict[str, list[float]] = {}  # x -> [pair weight in landmark units, p(x)]
+        # x -> -r(x) for every neighbour, built by the first publish() and kept up to date by
+        # add() from then on (None: not built, or dropped by a prune, rescale or load)
+        self._keys: dict[str, float] | None = None
 
     def add(
         self,
@@ -166,7 +176,7 @@ class NeighbourCounts:
         self.n += weight * grow
         stale = mark is None or mark.landmark != self.landmark
         threshold = math.inf if mark is None else mark.threshold
-        counts = self.counts
+        counts, keys = self.counts, self._keys
         for other, pair_weight, popularity in context:
             entry = counts.get(other)
             if entry is None:
@@ -176,7 +186,12 @@ class NeighbourCounts:
                 entry[0] += pair_weight * grow
                 if popularity > 0:
                     entry[1] = float(popularity)
-            stale = stale or _rank(entry) >= threshold  # on the list now
+            if keys is None:
+                stale = stale or _rank(entry) >= threshold  # on the list now
+            else:
+                rank = _rank(entry)
+                keys[other] = -rank
+                stale = stale or rank >= threshold
         if len(counts) > 2 * self.max_neighbours:
             self._prune()
             stale = True
@@ -207,15 +222,23 @@ class NeighbourCounts:
         >>> nb.add(2, 0.0, [("b", 1.5, 1.0)], mark)   # r(b) = 2.5 >= 2: b overtakes a
         True
         """
-        scale, sqrt = self.scale(), math.sqrt
-        keyed = [  # (-r, x): _rank inlined, this runs for every list written
-            (-(pair / sqrt(popularity)) if popularity > 1.0 else -pair, other)
-            for other, (pair, popularity) in self.counts.items()
-        ]
-        ranked = sorted(keyed)[:k] if len(keyed) <= 4 * k else heapq.nsmallest(k, keyed)
-        threshold = -ranked[-1][0] if ranked and len(ranked) == k else -math.inf
-        items = [(other, round(-r * scale, 5)) for r, other in ranked]
-        return items, ListMark(self.landmark, threshold, scale)
+        scale, keys = self.scale(), self._keys
+        if keys is None:  # once per decoded state: add() keeps the keys from then on
+            sqrt = math.sqrt
+            keys = self._keys = {  # _rank inlined
+                other: -(pair / sqrt(popularity)) if popularity > 1.0 else -pair
+                for other, (pair, popularity) in self.counts.items()
+            }
+        if len(keys) <= 4 * k:  # two C sorts: by item, then stably by -r (ties: smaller x)
+            order = sorted(keys)
+            order.sort(key=keys.__getitem__)
+            top = order[:k]
+        else:  # a large neighbour_max: select before sorting
+            top = [x for _, x in heapq.nsmallest(k, zip(keys.values(), keys, strict=True))]
+        ranks = list(map(keys.__getitem__, top))  # -r, best first
+        threshold = -ranks[-1] if top and len(top) == k else -math.inf
+        scores = np.round(np.array(ranks, np.float64) * -scale, 5).tolist()  # 5 decimals
+        return list(zip(top, scores, strict=True)), ListMark(self.landmark, threshold, scale)
 
     def scale(self) -> float:
         """The factor from a neighbour's ranking value ``r`` to its score."""
@@ -232,7 +255,7 @@ class NeighbourCounts:
     def load(self, state: dict[str, Any]) -> NeighbourCounts:
         """Restore from :meth:`to_dict` output."""
         self.landmark, self.now, self.n = state["l"], state["t"], state["n"]
-        self.counts = state["c"]
+        self.counts, self._keys = state["c"], None
         if len(self.counts) > 2 * self.max_neighbours:  # max_neighbours was lowered
             self._prune()
         return self
@@ -249,13 +272,13 @@ class NeighbourCounts:
         self.n *= shrink
         for entry in self.counts.values():
             entry[0] *= shrink
-        self.landmark = ts
+        self.landmark, self._keys = ts, None
 
     def _prune(self) -> None:
         keep = heapq.nsmallest(
             self.max_neighbours, self.counts.items(), key=lambda kv: (-kv[1][0], kv[0])
         )
-        self.counts = dict(keep)
+        self.counts, self._keys = dict(keep), None
 
 
 def _rank(entry: list[float]) -> float:

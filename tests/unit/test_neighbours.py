@@ -197,6 +197,25 @@ def test_an_update_reported_harmless_leaves_the_written_list_right(seed: int) ->
     assert 0 < rewrites < 3000, "some updates are skipped, some are not"
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_lists_published_from_memory_equal_lists_from_a_fresh_decode(seed: int) -> None:
+    """publish() keeps each neighbour's ranking key between calls (add() updates it, prunes,
+    rescales and loads drop it): every list and mark must equal those of the same counts
+    decoded afresh, which rank from scratch."""
+    rng = random.Random(seed)
+    nb = NeighbourCounts(max_neighbours=30, half_life_s=3600)
+    mark = nb.publish(10)[1]
+    prunes = 0
+    for ts, weight, context in _stream(rng, 2000):
+        before = len(nb)
+        nb.add(ts, weight, context, mark)
+        prunes += len(nb) < before
+        fresh = NeighbourCounts(30, 3600).load(orjson.loads(orjson.dumps(nb.to_dict())))
+        ranked, mark = nb.publish(10)
+        assert (ranked, mark) == fresh.publish(10)
+    assert prunes > 0, "the stream prunes, so the kept keys are dropped and rebuilt"
+
+
 def test_a_context_item_reaching_a_full_list_makes_it_stale() -> None:
     nb = NeighbourCounts(max_neighbours=10, half_life_s=86400)
     nb.add(0, 1.0, [("a", 3.0, 1.0), ("b", 2.0, 1.0), ("c", 1.0, 1.0)])
