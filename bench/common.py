@@ -9,6 +9,7 @@ results into ``bench/results/latest.json`` and keeps every key the run did not r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import re
 import statistics
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,11 @@ class Scrape:
         )
         return cls(samples, time.monotonic())
 
+    @classmethod
+    def merged(cls, scrapes: Sequence[Scrape]) -> Scrape:
+        """The samples of several endpoints as one scrape (sums add up over them)."""
+        return cls(tuple(s for scrape in scrapes for s in scrape.samples), scrapes[-1].at)
+
     def total(self, name: str, **labels: str) -> float:
         """Sum of the samples called ``name`` whose labels include ``labels``."""
         return sum(
@@ -226,15 +232,22 @@ _FLINK_TASK_GAUGES = (
 class FlinkBusy:
     """Samples of Flink's busy/back-pressured ms per second per task (its own reporter)."""
 
-    def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}/metrics"
+    def __init__(self, port: int | Sequence[int]):
+        ports = [port] if isinstance(port, int) else list(port)
+        self.urls = [f"http://127.0.0.1:{p}/metrics" for p in ports]
         self.samples: dict[str, list[float]] = {}
 
     def sample(self) -> None:
-        try:
-            scrape = Scrape.fetch(self.url, timeout_s=2)
-        except OSError:
+        """One sample of each task's gauges, summed over the subtasks on every endpoint (a
+        standalone cluster has one per JobManager and TaskManager; one that does not answer is
+        left out)."""
+        scrapes = []
+        for url in self.urls:
+            with contextlib.suppress(OSError):
+                scrapes.append(Scrape.fetch(url, timeout_s=2))
+        if not scrapes:
             return
+        scrape = Scrape.merged(scrapes)
         for metric, short in _FLINK_TASK_GAUGES:
             by_task = scrape.by_label(f"flink_taskmanager_job_task_{metric}", "task_name")
             for task, value in by_task.items():

@@ -5,7 +5,10 @@ Phases (progress is printed as they run):
 1. start a Tansu broker, a Redis and the job (:class:`~deploy.job_process.JobProcess`,
    parallelism 1 unless ``overrides`` say otherwise, 32 factors, checkpoints every 10 s), each
    on a free port, with logs under ``var/bench/<run>/`` (checkpoints too, deleted at the end);
-   the events topic gets one partition per subtask;
+   the events topic gets one partition per subtask. With ``taskmanagers`` the job runs
+   instead on a standalone cluster (:mod:`deploy.local_cluster`) of that many one-slot
+   TaskManagers at that parallelism, each TaskManager JVM with its own Python interpreter;
+   metrics are scraped from every TaskManager and summed;
 2. pre-warm: one ``view`` of every catalogue item ``i0..i{n-1}``, so the item table really
    holds ``n_items`` rows (the job adds an item on its first event) and top-N costs what it
    would on a full catalogue. The first events give each synthetic user ``cold_user_events
@@ -14,7 +17,9 @@ Phases (progress is printed as they run):
 3. sustained throughput: ``n_events`` synthetic events (random user among ``n_users``),
    pre-serialised and produced as fast as one producer thread can; the rate is the growth of
    ``flywheel_job_events_total{outcome="accepted"}`` scraped from the job's ``/metrics`` over
-   the steady part (first ``skip_s`` seconds and the last 5 % excluded);
+   the steady part (first ``skip_s`` seconds and the last 5 % excluded); CPU per event is the
+   job's processes' (mini-cluster, or JobManager + TaskManagers), and the CPU cores used by
+   each job process, the broker, Redis and this process (the producer) are reported too;
 4. freshness at offered load: paced production at each rate for ``step_s`` seconds with
    ``ts`` = now; p50/p99 of ``flywheel_job_freshness_seconds`` (Redis write time minus the
    Kafka record timestamp) come from the histogram's bucket deltas over the step, taken once
@@ -26,11 +31,9 @@ Everything started is stopped on exit, error or Ctrl-C.
 from __future__ import annotations
 
 import functools
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,18 +41,14 @@ from typing import Any
 import orjson
 
 from bench.common import FlinkBusy, Results, Scrape, bucket_deltas, histogram_quantile, say
+from bench.pipeline_job import ACCEPTED, FRESHNESS, PipelineJob, running_job
 from connectors.datasets import SyntheticShop
 from connectors.producer import EventProducer
-from deploy.job_process import JobProcess
-from deploy.local_stack import create_topics, free_port, start_broker, start_redis
 from flywheel.events import pseudonymise
-from flywheel.settings import Settings, load_settings
-from serving.process_stats import process_stat, thread_cpu
+from flywheel.settings import Settings
 
 __all__ = ["PipelineConfig", "run"]
 
-ACCEPTED = "flywheel_job_events_total"
-FRESHNESS = "flywheel_job_freshness_seconds"
 Record = tuple[bytes, bytes]  # key, payload
 # result key -> name prefix of the task's thread (named after its operator chain, cut to 15
 # characters by the kernel)
@@ -59,13 +58,6 @@ _TASK_THREADS = {
     "source_parse": "Source: events",
 }
 KeyOf = Callable[[str], bytes]  # user id -> Kafka key
-
-
-_FIXED: dict[str, object] = {
-    "events_topic": "bench-events", "dlq_topic": "bench-events.dlq",
-    "item_sync_topic": "bench-items", "consumer_group": "bench", "redis_prefix": "bench",
-    "n_factors": 32, "parallelism": 1, "checkpoint_interval_ms": 10_000,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,120 +76,6 @@ class PipelineConfig:
     def for_run(cls, quick: bool) -> PipelineConfig:
         """The default run, or a shorter one (fewer events, shorter steps) for ``--quick``."""
         return cls(n_events=30_000, step_s=15.0) if quick else cls()
-
-
-class _Job:
-    """The running job seen from outside: its process and its metrics endpoint."""
-
-    def __init__(self, settings: Settings, process: JobProcess):
-        self.settings = settings
-        self.process = process
-        self.url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-
-    def scrape(self) -> Scrape:
-        return Scrape.fetch(self.url)
-
-    def accepted(self) -> float:
-        return self.scrape().total(ACCEPTED, outcome="accepted")
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) of the job's process group so far: the PyFlink client,
-        the gateway JVM with its embedded interpreter, any Python worker processes."""
-        return sum(seconds for _, seconds in self._group())
-
-    def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds so far by thread name, summed over the job's process group: Flink
-        names a task's thread after its operator chain (e.g. ``users -> Sink: ...``), and in
-        thread mode each Python operator runs in its task's thread."""
-        totals: dict[str, float] = {}
-        for pid, _ in self._group():
-            for name, seconds in thread_cpu(pid).items():
-                totals[name] = totals.get(name, 0.0) + seconds
-        return totals
-
-    def _group(self) -> list[tuple[int, float]]:
-        """``(pid, CPU seconds)`` of each live process in the job's process group."""
-        popen = self.process.process
-        if popen is None:
-            return []
-        group, found = popen.pid, []  # own session: pid = group
-        for entry in Path("/proc").iterdir():
-            stat = process_stat(int(entry.name)) if entry.name.isdigit() else None
-            if stat is not None and stat[0] == group:  # None: not a process, or it ended
-                found.append((int(entry.name), stat[1]))
-        return found
-
-    def check_alive(self) -> None:
-        if not self.process.running:
-            tail = self.process.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the job exited; log {self.process.log_path}:\n{tail}")
-
-    def wait_ready(self, timeout_s: float = 240.0) -> None:
-        """Wait until the job's operators are open (its metrics endpoint answers)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                self.scrape()
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"job metrics not served after {timeout_s:.0f} s")
-
-    def settle(self, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
-        """Wait until no event is accepted and no list written for ``quiet_s``."""
-        deadline, last = time.monotonic() + timeout_s, (-1.0, -1.0)
-        while time.monotonic() < deadline:
-            scrape = self.scrape()
-            now = (scrape.total(ACCEPTED, outcome="accepted"), scrape.total(f"{FRESHNESS}_count"))
-            if now == last:
-                return
-            last = now
-            time.sleep(quiet_s)
-
-    def wait_accepted(self, target: float, timeout_s: float, what: str) -> bool:
-        """Wait until ``target`` events were accepted; False on timeout."""
-        deadline, last_print = time.monotonic() + timeout_s, 0.0
-        while time.monotonic() < deadline:
-            self.check_alive()
-            done = self.accepted()
-            if done >= target:
-                return True
-            if time.monotonic() - last_print >= 5:
-                say(f"{what}: waiting, {done:,.0f} / {target:,.0f} accepted")
-                last_print = time.monotonic()
-            time.sleep(0.5)
-        return False
-
-
-@contextmanager
-def _running_job(work: Path, overrides: Mapping[str, object]) -> Iterator[_Job]:
-    """Broker, Redis and the job for one run; all stopped on exit (newest first)."""
-    logs = work / "logs"
-    with ExitStack() as stack:
-        broker = start_broker(free_port(), logs)
-        stack.callback(broker.stop)
-        redis_service = start_redis(free_port(), logs)
-        stack.callback(redis_service.stop)
-        settings = load_settings(**{
-            **_FIXED,
-            "kafka_bootstrap": broker.address,
-            "redis_url": f"redis://{redis_service.address}/0",
-            "checkpoint_dir": work / "checkpoints",
-            "var_dir": work,
-            "metrics_port": free_port(),
-            "flink_metrics_port": free_port(),
-            **overrides,
-        })  # fmt: skip
-        create_topics(broker.address, [settings.events_topic], settings.parallelism)
-        create_topics(broker.address, [settings.dlq_topic, settings.item_sync_topic], 1)
-        stack.callback(shutil.rmtree, work / "checkpoints", ignore_errors=True)  # after stop
-        process = JobProcess(settings, logs / "job.log")
-        stack.callback(process.stop)
-        say(f"starting the job (log {process.log_path})")
-        job = _Job(settings, process.start())
-        job.wait_ready()
-        yield job
 
 
 def _key_maker(hmac_key: str) -> KeyOf:
@@ -225,7 +103,7 @@ def _send_all(settings: Settings, records: Sequence[Record], stop: threading.Eve
 
 
 def _produce_and_track(
-    job: _Job,
+    job: PipelineJob,
     records: Sequence[Record],
     what: str,
     timeout_s: float,
@@ -264,7 +142,7 @@ def _produce_and_track(
     return samples, t_start, t_start + took[0]
 
 
-def _prewarm(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
+def _prewarm(job: PipelineJob, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
     """One view of every item (see the module docstring); waits until the table holds all."""
     now, per_user = int(time.time() * 1000), max(0, job.settings.cold_user_events - 1)
     records = [
@@ -277,10 +155,10 @@ def _prewarm(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -
     ]  # fmt: skip
     say(f"pre-warm: {len(records):,} events touching every item")
     samples, t_start, _ = _produce_and_track(job, records, "pre-warm", 1800.0)
-    items = job.scrape().total("flywheel_job_items")
+    items = job.items()
     while items < cfg.n_items and time.monotonic() - samples[-1][0] < 60:
         time.sleep(0.5)  # the gauge follows the item-sync round trip
-        items = job.scrape().total("flywheel_job_items")
+        items = job.items()
     say(f"pre-warm: done in {samples[-1][0] - t_start:.0f} s, item table {items:,.0f}")
     return {
         "pipeline.prewarm_s": round(samples[-1][0] - t_start, 1),
@@ -327,7 +205,7 @@ def _thread_split(
 ) -> Results:
     """CPU ms per accepted event of each task thread (:data:`_TASK_THREADS`) and of all other
     threads together (JIT compiler, garbage collector, checkpoints, Kafka clients, the client
-    process), between two :meth:`_Job.thread_cpu` readings.
+    process), between two :meth:`~bench.pipeline_job.PipelineJob.thread_cpu` readings.
 
     >>> _thread_split({"users -> Sink: ": 1.0}, {"users -> Sink: ": 3.0, "C2 Compiler": 0.5}, 1000)
     ... # doctest: +NORMALIZE_WHITESPACE
@@ -347,16 +225,19 @@ def _thread_split(
     return results
 
 
-def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
+def _throughput(job: PipelineJob, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop) -> Results:
     """Sustained rate of the job on a backlog of ``n_events`` random-user events."""
     now = int(time.time() * 1000)
     records = [_record(e, keys, f"tp-{k}", now) for k, e in enumerate(shop.events(cfg.n_events))]
     say(f"throughput: producing {len(records):,} pre-serialised events")
     before, cpu_before, threads_before = job.scrape(), job.cpu_seconds(), job.thread_cpu()
     timeout = max(300.0, cfg.n_events / 50)
-    flink = FlinkBusy(job.settings.flink_metrics_port)
+    flink = FlinkBusy(job.flink_ports)
+    by_process, by_endpoint = job.cpu_by_process(), job.accepted_by_endpoint()
     samples, t_start, t_sent = _produce_and_track(job, records, "throughput", timeout, flink.sample)
     after, cpu_after, threads_after = job.scrape(), job.cpu_seconds(), job.thread_cpu()
+    by_process = {k: v - by_process.get(k, 0.0) for k, v in job.cpu_by_process().items()}
+    by_endpoint = [b - a for a, b in zip(by_endpoint, job.accepted_by_endpoint(), strict=True)]
     rate = _steady_rate(samples, t_start + cfg.skip_s, len(records))
     wall = samples[-1][0] - t_start
     accepted = max(1.0, _delta(before, after, ACCEPTED))
@@ -378,6 +259,15 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
         "pipeline.cpu_ms_per_event": round((cpu_after - cpu_before) * 1000 / accepted, 3),
         "pipeline.cpu_cores": round((cpu_after - cpu_before) / wall, 2),
     }
+    results.update({
+        f"pipeline.cpu_cores.{name.replace('-', '_')}": round(seconds / wall, 2)
+        for name, seconds in sorted(by_process.items())
+    })  # fmt: skip
+    if len(by_endpoint) > 1:  # how evenly the TaskManagers shared the events
+        results.update({
+            f"pipeline.accepted_share.taskmanager_{k + 1}": round(n / accepted, 3)
+            for k, n in enumerate(by_endpoint)
+        })  # fmt: skip
     results.update(_time_split(before, after, wall))
     results.update(_thread_split(threads_before, threads_after, accepted))
     results.update(flink.means())
@@ -385,7 +275,9 @@ def _throughput(job: _Job, cfg: PipelineConfig, keys: KeyOf, shop: SyntheticShop
     return results
 
 
-def _paced(job: _Job, records: Iterator[Record], rate: int, duration_s: float) -> tuple[int, float]:
+def _paced(
+    job: PipelineJob, records: Iterator[Record], rate: int, duration_s: float
+) -> tuple[int, float]:
     """Produce ``rate`` events/s for ``duration_s`` (ts = send time); returns (sent, seconds)."""
     producer, total, sent = EventProducer(job.settings), int(rate * duration_s), 0
     started = last_print = time.monotonic()
@@ -413,7 +305,7 @@ def _live_records(cfg: PipelineConfig, keys: KeyOf) -> Iterator[Record]:
             yield _record(event, keys, f"fr{seed}-{k}", int(time.time() * 1000))
 
 
-def _freshness(job: _Job, cfg: PipelineConfig, keys: KeyOf, results: Results) -> None:
+def _freshness(job: PipelineJob, cfg: PipelineConfig, keys: KeyOf, results: Results) -> None:
     """Freshness p50/p99 and processed rate at each offered rate, into ``results``."""
     records = _live_records(cfg, keys)
     for rate in cfg.rates:
@@ -446,11 +338,14 @@ def run(
     into: Results | None = None,
     work: Path | None = None,
     overrides: Mapping[str, object] | None = None,
+    taskmanagers: int = 0,
 ) -> Results:
     """Run every phase; returns ``pipeline.*`` keys. ``overrides`` change job settings (e.g.
     ``{"neighbour_context": 0}`` for the core loop without item-to-item lists,
     ``{"parallelism": 2}`` for two subtasks per operator; Flink's busy gauges are then summed
-    over the subtasks).
+    over the subtasks). ``taskmanagers`` > 0 runs the job on a standalone cluster of that
+    many one-slot TaskManagers (:mod:`deploy.local_cluster`) at that parallelism instead of
+    the local mini-cluster; the job's CPU is then the JobManager's and TaskManagers'.
 
     Each phase's keys are added to ``into`` (when given) as soon as the phase ends, so a
     caller keeps the finished phases' figures when a later one fails or is interrupted.
@@ -467,8 +362,10 @@ def run(
         "pipeline.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
     shop = SyntheticShop(cfg.n_users, cfg.n_items, seed=cfg.seed)
-    with _running_job(work, overrides or {}) as job:
+    with running_job(work.resolve(), overrides or {}, taskmanagers) as job:
         results["pipeline.parallelism"] = job.settings.parallelism
+        if taskmanagers:
+            results["pipeline.taskmanagers"] = taskmanagers
         keys = _key_maker(job.settings.hmac_key)
         results.update(_prewarm(job, cfg, keys, shop))
         results.update(_throughput(job, cfg, keys, shop))

@@ -2,8 +2,9 @@
 
 Runs, in this order: the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
 (:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`), the same with the
-item-to-item lists off (``pipeline_core``) and at Flink parallelism 2 (``pipeline_p2``, keys
-``pipeline.p2.*``), the serving benchmark (:mod:`bench.serving`:
+item-to-item lists off (``pipeline_core``), at Flink parallelism 2 (``pipeline_p2``, keys
+``pipeline.p2.*``) and on a standalone cluster of two TaskManagers (``pipeline_cluster2``, keys
+``pipeline.cluster2.*``: :mod:`deploy.local_cluster`), the serving benchmark (:mod:`bench.serving`:
 Redis lookups and the API under load), the memory benchmark (:mod:`bench.memory`), the
 TaskManager memory of the running job (:mod:`bench.taskmanager_memory`, ``tm_memory``) and the
 closed-loop shopper simulation (:mod:`bench.closed_loop`, ``flywheel``: 10 minutes,
@@ -48,12 +49,12 @@ from bench.common import (
 __all__ = ["main", "plot_freshness"]
 
 BENCHMARKS = (
-    "model", "retrieval", "pipeline", "pipeline_core", "pipeline_p2", "serving", "memory",
-    "tm_memory", "flywheel",
+    "model", "retrieval", "pipeline", "pipeline_core", "pipeline_p2", "pipeline_cluster2",
+    "serving", "memory", "tm_memory", "flywheel",
 )  # fmt: skip
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
 _FRESHNESS_KEY = re.compile(
-    r"^(pipeline|pipeline_core|pipeline\.p2)\.freshness_p(50|99)_ms_at_(\d+)eps$"
+    r"^(pipeline|pipeline_core|pipeline\.p2|pipeline\.cluster2)\.freshness_p(50|99)_ms_at_(\d+)eps$"
 )
 
 
@@ -90,6 +91,7 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
     variants = (
         (_freshness_series(results, "pipeline_core"), "item-to-item lists off", "s", ":"),
         (_freshness_series(results, "pipeline.p2"), "parallelism 2", "^", "-."),
+        (_freshness_series(results, "pipeline.cluster2"), "2 TaskManagers", "v", "--"),
     )
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for q in ("p50", "p99"):
@@ -156,6 +158,8 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
                           lambda: _pipeline_core(quick, new)),
         "pipeline_p2": ("pipeline benchmark at Flink parallelism 2 (keys pipeline.p2.*)",
                         lambda: _pipeline_p2(quick, new)),
+        "pipeline_cluster2": ("pipeline benchmark on a standalone cluster of 2 TaskManagers "
+                              "(keys pipeline.cluster2.*)", lambda: _pipeline_cluster2(quick, new)),
         "serving": ("serving benchmark (Redis lookups, recommendation API)",
                     lambda: serving.run(quick=quick, into=new)),
         "memory": ("memory benchmark (Flink state, Redis, item table)",
@@ -193,6 +197,16 @@ def _pipeline_p2(quick: bool, new: Results) -> None:
         pipeline.run(quick=quick, into=p2, overrides={"parallelism": 2})
     finally:
         new.update({f"pipeline.p2.{k.split('.', 1)[1]}": v for k, v in p2.items()})
+
+
+def _pipeline_cluster2(quick: bool, new: Results) -> None:
+    """The pipeline benchmark on a standalone cluster of two one-slot TaskManagers (own JVM
+    and Python interpreter each) at parallelism 2, its keys renamed ``pipeline.cluster2.*``."""
+    cluster: Results = {}
+    try:
+        pipeline.run(quick=quick, into=cluster, taskmanagers=2)
+    finally:
+        new.update({f"pipeline.cluster2.{k.split('.', 1)[1]}": v for k, v in cluster.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

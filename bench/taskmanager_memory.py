@@ -53,7 +53,8 @@ import numpy as np
 
 from bench.common import Results, say
 from bench.memory import _streams, state_at_caps
-from bench.pipeline import _Job, _key_maker, _produce_and_track, _record, _running_job
+from bench.pipeline import _key_maker, _produce_and_track, _record
+from bench.pipeline_job import PipelineJob, running_job
 from bench.user_data import replay
 from flink_jobs.user_state import decode_state, encode_state
 from flywheel.settings import Settings, load_settings
@@ -138,7 +139,7 @@ def _live_heap(pid: int) -> tuple[int, int]:
     return int(total.group(1)), int(entries.group(1)) if entries else 0
 
 
-def _sample(job: _Job, pid: int, what: str) -> _Sample:
+def _sample(job: PipelineJob, pid: int, what: str) -> _Sample:
     job.settle(quiet_s=2.0, timeout_s=120.0)
     heap, entries = _live_heap(pid)
     rss = job.scrape().total("process_resident_memory_bytes")
@@ -170,7 +171,7 @@ def _user_events(cfg: MemoryConfig) -> list[dict[str, Any]]:
     return events
 
 
-def _produce(job: _Job, events: list[dict[str, Any]], what: str) -> None:
+def _produce(job: PipelineJob, events: list[dict[str, Any]], what: str) -> None:
     keys = _key_maker(job.settings.hmac_key)
     records = [_record(dict(e), keys, e["event_id"], e["ts"]) for e in events]
     samples, _, _ = _produce_and_track(job, records, what, 3600.0)
@@ -178,7 +179,7 @@ def _produce(job: _Job, events: list[dict[str, Any]], what: str) -> None:
         raise RuntimeError(f"{what}: {samples[-1][1]:,.0f} of {len(records):,} accepted")
 
 
-def _wait_items(job: _Job, n_items: int, timeout_s: float = 120.0) -> None:
+def _wait_items(job: PipelineJob, n_items: int, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while job.scrape().total("flywheel_job_items") < n_items:  # after the item-sync round trip
         if time.monotonic() > deadline:
@@ -252,8 +253,8 @@ def run(quick: bool = False, into: Results | None = None, work: Path | None = No
     })  # fmt: skip
     say("tm_memory: Python side (fresh interpreter, decoded states)")
     results.update(_python_figures(settings, user_events))
-    with _running_job(work, {}) as job:
-        pid = _java_pid(job.process.process.pid if job.process.process else 0)
+    with running_job(work, {}) as job:
+        pid = _java_pid(job.groups().get("job", 0))
         idle = _sample(job, pid, "idle job")
         results["tm_memory.heap_idle_bytes"] = idle.heap_bytes
         results["tm_memory.rss_idle_bytes"] = int(idle.rss_bytes)
