@@ -53,7 +53,7 @@ class LoggedCounts:
     >>> held = decode_logged(None, settings)
     >>> raw, stale = held.add(None, [0, 1.0, []], "[0,1.0,[]]")   # no snapshot yet: a fold
     >>> raw, held.logged
-    (b'{"l":0,"t":0,"n":1.0,"c":{}}', 0)
+    (b'{"l":0,"t":0,"n":1.0,"w":{},"p":[]}', 0)
     >>> line = event_line(1_000, 2.0, '[["tea",1,7]]')
     >>> raw, _ = held.add(raw, orjson.loads(line), line)   # appended: the log stays shorter
     >>> raw.split(b"\\n")[1], held.logged

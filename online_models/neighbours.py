@@ -139,7 +139,7 @@ class NeighbourCounts:
     (1.5, 0.5)
     """
 
-    __slots__ = ("_keys", "counts", "half_life_ms", "landmark", "max_neighbours", "n", "now")
+    __slots__ = ("_keys", "half_life_ms", "landmark", "max_neighbours", "n", "now", "pairs", "pops")
 
     def __init__(self, max_neighbours: int = 100, half_life_s: float = 7 * 86400) -> None:
         if max_neighbours < 1 or half_life_s <= 0:
@@ -149,7 +149,11 @@ class NeighbourCounts:
         self.landmark: int | None = None  # event time (ms) the stored values are relative to
         self.now = 0  # largest event time seen (ms)
         self.n = 0.0  # decayed weight of the item's own events, in landmark units
-        self.counts: dict[str, list[float]] = {}  # x -> [pair weight in landmark units, p(x)]
+        # x -> pair weight in landmark units, and x -> p(x): two flat dicts with the same keys
+        # in the same order (str -> float only, so the cyclic garbage collector never scans
+        # them, and a snapshot decodes without one list per neighbour)
+        self.pairs: dict[str, float] = {}
+        self.pops: dict[str, float] = {}
         # x -> -r(x) for every neighbour, built by the first publish() and kept up to date by
         # add() from then on (None: not built, or dropped by a prune, rescale or load)
         self._keys: dict[str, float] | None = None
@@ -176,33 +180,35 @@ class NeighbourCounts:
         self.n += weight * grow
         stale = mark is None or mark.landmark != self.landmark
         threshold = math.inf if mark is None else mark.threshold
-        counts, keys = self.counts, self._keys
+        pairs, pops, keys = self.pairs, self.pops, self._keys
         for other, pair_weight, popularity in context:
-            entry = counts.get(other)
-            if entry is None:
-                entry = counts[other] = [pair_weight * grow, float(popularity)]
+            pair = pairs.get(other)
+            if pair is None:
+                pair = pairs[other] = pair_weight * grow
+                pop = pops[other] = float(popularity)
             else:
-                stale = stale or _rank(entry) >= threshold  # on the list before
-                entry[0] += pair_weight * grow
+                pop = pops[other]
+                stale = stale or _rank(pair, pop) >= threshold  # on the list before
+                pair = pairs[other] = pair + pair_weight * grow
                 if popularity > 0:
-                    entry[1] = float(popularity)
+                    pop = pops[other] = float(popularity)
             if keys is None:
-                stale = stale or _rank(entry) >= threshold  # on the list now
+                stale = stale or _rank(pair, pop) >= threshold  # on the list now
             else:
-                rank = _rank(entry)
+                rank = _rank(pair, pop)
                 keys[other] = -rank
                 stale = stale or rank >= threshold
-        if len(counts) > 2 * self.max_neighbours:
+        if len(pairs) > 2 * self.max_neighbours:
             self._prune()
             stale = True
-        if not stale and counts and mark is not None:  # no neighbours: no scores to drift
+        if not stale and pairs and mark is not None:  # no neighbours: no scores to drift
             stale = abs(self.scale() / mark.scale - 1.0) > SCALE_TOLERANCE
         return stale
 
     def decayed(self, other: str) -> float:
         """The pair weight of ``other`` decayed to the latest event time (0 when unknown)."""
-        entry = self.counts.get(other)
-        return 0.0 if entry is None else entry[0] * self._factor()
+        pair = self.pairs.get(other)
+        return 0.0 if pair is None else pair * self._factor()
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` best neighbours with their normalised scores (5 decimals), best first."""
@@ -227,7 +233,9 @@ class NeighbourCounts:
             sqrt = math.sqrt
             keys = self._keys = {  # _rank inlined
                 other: -(pair / sqrt(popularity)) if popularity > 1.0 else -pair
-                for other, (pair, popularity) in self.counts.items()
+                for other, pair, popularity in zip(
+                    self.pairs, self.pairs.values(), self.pops.values(), strict=True
+                )
             }
         if len(keys) <= 4 * k:  # two C sorts: by item, then stably by -r (ties: smaller x)
             order = sorted(keys)
@@ -246,17 +254,30 @@ class NeighbourCounts:
         return factor / math.sqrt(max(self.n * factor, 1.0))
 
     def __len__(self) -> int:
-        return len(self.counts)
+        return len(self.pairs)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready state."""
-        return {"l": self.landmark, "t": self.now, "n": self.n, "c": self.counts}
+        """JSON-ready state: the pair weights ``w`` by neighbour, and the neighbours'
+        popularities ``p`` as a list in the same order (each neighbour's id written once).
+        ``w`` is the live dict: encode the result, do not keep it."""
+        return {
+            "l": self.landmark, "t": self.now, "n": self.n,
+            "w": self.pairs, "p": list(self.pops.values()),
+        }  # fmt: skip
 
     def load(self, state: dict[str, Any]) -> NeighbourCounts:
-        """Restore from :meth:`to_dict` output."""
+        """Restore from :meth:`to_dict` output, or from the earlier layout ``"c": {x: [pair
+        weight, p(x)]}`` (state written before the flat layout)."""
         self.landmark, self.now, self.n = state["l"], state["t"], state["n"]
-        self.counts, self._keys = state["c"], None
-        if len(self.counts) > 2 * self.max_neighbours:  # max_neighbours was lowered
+        if "w" in state:
+            self.pairs = state["w"]
+            self.pops = dict(zip(self.pairs, state["p"], strict=True))
+        else:
+            entries = state["c"]
+            self.pairs = {x: float(entry[0]) for x, entry in entries.items()}
+            self.pops = {x: float(entry[1]) for x, entry in entries.items()}
+        self._keys = None
+        if len(self.pairs) > 2 * self.max_neighbours:  # max_neighbours was lowered
             self._prune()
         return self
 
@@ -270,18 +291,19 @@ class NeighbourCounts:
         assert self.landmark is not None
         shrink = 2.0 ** (-(ts - self.landmark) / self.half_life_ms)
         self.n *= shrink
-        for entry in self.counts.values():
-            entry[0] *= shrink
+        self.pairs = {other: pair * shrink for other, pair in self.pairs.items()}
         self.landmark, self._keys = ts, None
 
     def _prune(self) -> None:
         keep = heapq.nsmallest(
-            self.max_neighbours, self.counts.items(), key=lambda kv: (-kv[1][0], kv[0])
+            self.max_neighbours, self.pairs.items(), key=lambda kv: (-kv[1], kv[0])
         )
-        self.counts, self._keys = dict(keep), None
+        pops = self.pops
+        self.pairs = dict(keep)
+        self.pops = {other: pops[other] for other in self.pairs}
+        self._keys = None
 
 
-def _rank(entry: list[float]) -> float:
-    """Ranking value ``r`` of a ``[pair weight, popularity]`` entry (landmark units)."""
-    pair, popularity = entry
+def _rank(pair: float, popularity: float) -> float:
+    """Ranking value ``r`` of a neighbour from its pair weight (landmark units) and popularity."""
     return pair / math.sqrt(popularity) if popularity > 1.0 else pair

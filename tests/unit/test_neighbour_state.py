@@ -137,3 +137,19 @@ def test_item_ids_with_spaces_and_newlines_survive_the_log() -> None:
     back = decode_counts(raw, SETTINGS)
     assert back.decayed("line\nbreak x") == state.counts.decayed("line\nbreak x") == 1.0
     assert encode_counts(back) == encode_counts(state.counts)
+
+
+def test_a_snapshot_in_the_earlier_layout_with_a_log_reads_as_the_same_counts() -> None:
+    counts = NeighbourCounts(SETTINGS.neighbour_max, SETTINGS.neighbour_half_life_s)
+    counts.add(0, 1.0, [("tea", 2.0, 7.0), ("cups", 1.0, 0.0)])
+    earlier = orjson.dumps({
+        "l": counts.landmark, "t": counts.now, "n": counts.n,
+        "c": {x: [counts.pairs[x], counts.pops[x]] for x in counts.pairs},
+    })  # fmt: skip
+    line = b'\n[1000,4.0,[["tea",1.0,9.0],["milk",2.0,3.0]]]'
+    old, new = (
+        decode_logged(earlier + line, SETTINGS),
+        decode_logged(encode_counts(counts) + line, SETTINGS),
+    )
+    assert old.logged == new.logged == 1
+    assert encode_counts(old.counts) == encode_counts(new.counts)

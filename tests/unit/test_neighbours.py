@@ -84,7 +84,7 @@ def test_the_list_normalises_by_popularity_so_blockbusters_do_not_dominate() -> 
     assert [item for item, _ in nb.top(2)] == ["niche", "blockbuster"]
     # unknown popularity (0) never replaces a known one
     nb.add(31, 1.0, [("niche", 1.0, 0.0)])
-    assert nb.counts["niche"][1] == 15.0
+    assert nb.pops["niche"] == 15.0
 
 
 def test_memory_is_bounded_and_strong_neighbours_survive_pruning() -> None:
@@ -264,4 +264,22 @@ def test_pruning_a_listed_neighbour_makes_the_list_stale() -> None:
     written, mark = nb.publish(1)
     assert written[0][0] == "niche", "little evidence, but a rare item: the best score"
     assert nb.add(1, 0.0, [("hit3", 3.0, 10_000.0)], mark), "pruning drops the listed niche"
-    assert "niche" not in nb.counts and nb.top(1)[0][0].startswith("hit")
+    assert "niche" not in nb.pairs and nb.top(1)[0][0].startswith("hit")
+
+
+def test_state_in_the_earlier_layout_reads_back_as_the_same_counts() -> None:
+    """Snapshots written before the parallel lists (``"c": {x: [pair, popularity]}``) still
+    restore: same neighbours, weights, popularities and lists, in the same order."""
+    rng = random.Random(5)
+    nb = NeighbourCounts(max_neighbours=30, half_life_s=3600)
+    for ts, weight, context in _stream(rng, 400):
+        nb.add(ts, weight, context)
+    earlier = {
+        "l": nb.landmark, "t": nb.now, "n": nb.n,
+        "c": {x: [nb.pairs[x], nb.pops[x]] for x in nb.pairs},
+    }  # fmt: skip
+    back = NeighbourCounts(30, 3600).load(orjson.loads(orjson.dumps(earlier)))
+    assert back.to_dict() == nb.to_dict()
+    assert back.publish(10) == nb.publish(10)
+    assert orjson.dumps(nb.to_dict()).startswith(b'{"l":'), "the current layout is written"
+    assert len(orjson.dumps(nb.to_dict())) < len(orjson.dumps(earlier)), "and it is smaller"
