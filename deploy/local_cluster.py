@@ -225,14 +225,21 @@ class LocalCluster:
         ]
         log_path = self._log_dir / "submit.log"
         with open(log_path, "wb") as log:
-            done = subprocess.run(
-                command, cwd=_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                timeout=timeout_s, check=False,
+            client = subprocess.Popen(
+                command, cwd=_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent_hook(),
             )  # fmt: skip
+        try:
+            status = client.wait(timeout=timeout_s)
+        finally:  # the client (a JVM and its Python driver) never outlives the submission
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
         text = log_path.read_text(errors="replace")
         found = _JOB_ID.search(text)
-        if done.returncode != 0 or found is None:
-            raise ClusterError(f"flink run failed ({done.returncode}); {log_path}:\n{text[-3000:]}")
+        if status != 0 or found is None:
+            raise ClusterError(f"flink run failed ({status}); {log_path}:\n{text[-3000:]}")
         self.job_id = found.group(1)
         self._wait(self._all_tasks_running, timeout_s, f"job {self.job_id} to run")
         return self.job_id
