@@ -15,13 +15,23 @@ middle ones. What that bounds: cyclic garbage waits at most ``YOUNG`` net alloca
 container objects for a young collection, and, once old, at most ``YOUNG * 10 * OLD`` (20M;
 minutes at the benchmark's rate) for a full one. State: none (a process-wide setting that
 every operator's ``open`` applies; idempotent).
+
+:func:`paused` goes further for one bounded piece of work that allocates many short-lived
+containers at once: a top-N refresh builds one ``(item, score)`` pair per listed item for up
+to 1,024 users (~50,000 tuples, alive until the batch is encoded), which alone crossed
+``YOUNG`` twice per batch, each time scanning those tuples. With the collector paused for the
+refresh, they are freed before it can run. Measured on the pipeline benchmark's full-length
+throughput phase (2026-11-23): 712 young and 64 middle collections, 4.7 s, per 300k events
+without it; 176 and 16, 2.2 s, with it.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["OLD", "YOUNG", "tune_collector"]
+__all__ = ["OLD", "YOUNG", "paused", "tune_collector"]
 
 YOUNG = 20_000
 OLD = 100
@@ -34,3 +44,26 @@ def tune_collector() -> None:
     True
     """
     gc.set_threshold(YOUNG, 10, OLD)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No automatic collection inside the block (process-wide, so in thread mode the other
+    operators' allocations wait too); the collector's previous state comes back after it,
+    also on error. Allocations keep counting, so a collection due meanwhile runs at the next
+    allocation after the block, when the block's temporary objects are already gone.
+
+    >>> tune_collector()
+    >>> with paused():
+    ...     gc.isenabled()
+    False
+    >>> gc.isenabled()
+    True
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

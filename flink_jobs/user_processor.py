@@ -44,7 +44,7 @@ from connectors.redis_lists import (
 from flink_jobs import profiling
 from flink_jobs.arm_tracker import ArmTracker
 from flink_jobs.category_lists import CategoryLists
-from flink_jobs.collector import tune_collector
+from flink_jobs.collector import paused, tune_collector
 from flink_jobs.item_neighbours import ITEM_CONTEXT, context_record, encode_context
 from flink_jobs.item_sync import ItemReplica, decode_batch, encode_batch
 from flink_jobs.live_quality import JobQuality
@@ -239,6 +239,10 @@ class UserProcessor(KeyedBroadcastProcessFunction):
                 yield encode_batch(batch)
 
     def _refresh(self) -> None:
+        with paused():  # one pair per listed item: no collection scanning them (collector.py)
+            self._refresh_batch()
+
+    def _refresh_batch(self) -> None:
         started = time.perf_counter()
         batch = self.queue.take()
         items, trending = self.model.items, self._current_trending()
