@@ -86,6 +86,8 @@ def machine_info(command: str) -> Results:
     """Facts about this machine and run, as ``meta.*`` keys."""
     import numpy as np
 
+    from bench.machine import python_reference_ms
+
     load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
     return {
         "meta.nproc": os.cpu_count() or 0,
@@ -94,6 +96,7 @@ def machine_info(command: str) -> Results:
         "meta.python": platform.python_version(),
         "meta.numpy": np.__version__,
         "meta.loadavg_1m_at_start": round(load_1m, 2),
+        "meta.python_ref_ms": round(python_reference_ms(), 1),  # the host's speed (bench.machine)
         "meta.command": command,
     }
 

@@ -1,29 +1,28 @@
 """How fast this machine runs the kind of Python the job runs: a reference figure for every run.
 
-Machines of one kind differ: the same commit measured 1.04 ms of CPU per event on one 2-core
+Machines of one kind differ: the same code measured 1.04 ms of CPU per event on one 2-core
 host and 0.55 ms on another a day later. Figures from different runs are only comparable next
-to a figure of the machine itself, measured the same way each time. :func:`reference` times a
-fixed single-threaded workload built from the operations the job's Python spends its time on
-(JSON encoding and decoding of a state-sized document, dict updates, small sorts, tuple
-building) and reads the CPU's name; ``make bench`` records them as ``machine.*`` keys next to
-the benchmarks' figures, and the docs quote them with each run.
+to a figure of the machine itself, measured the same way each time.
+:func:`python_reference_ms` times a fixed single-threaded workload built from the operations
+the job's Python spends its time on (JSON encoding and decoding of a state-sized document,
+dict updates, small sorts, tuple building); every ``make bench`` run records it with the
+machine's other facts (:func:`bench.common.machine_info`), and the docs quote it with each run.
 
-``machine.python_ref_ms``: the median over :data:`REPEATS` repetitions of one pass of the
-workload (lower is faster). A host that takes twice as long here should be expected to need
-about twice the job's CPU per event. State: none.
+``meta.python_ref_ms``: the median over :data:`REPEATS` repetitions of one pass of the
+workload (lower is faster). It is a yardstick, not a model: it tells whether two runs' hosts
+differ in single-threaded Python speed, not how each of the job's figures scales with it.
+State: none.
 """
 
 from __future__ import annotations
 
-import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import orjson
 
-__all__ = ["REPEATS", "cpu_model", "python_reference_ms", "reference"]
+__all__ = ["REPEATS", "python_reference_ms"]
 
 REPEATS = 7
 _DOCUMENTS = 400  # one pass: ~42 ms on the 2026-11-23 host
@@ -75,25 +74,5 @@ def python_reference_ms(repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it ("" when unknown)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def reference() -> dict[str, object]:
-    """The ``machine.*`` keys of a benchmark run."""
-    return {
-        "machine.python_ref_ms": round(python_reference_ms(), 1),
-        "machine.cpu_model": cpu_model(),
-        "machine.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 if __name__ == "__main__":
-    print(orjson.dumps(reference(), option=orjson.OPT_INDENT_2).decode())
+    print(f"python reference pass: {python_reference_ms():.1f} ms (median of {REPEATS})")
