@@ -3,15 +3,17 @@
 Runs, in this order: the model benchmarks (:mod:`bench.model`), clustered vs exact retrieval
 (:mod:`bench.retrieval`), the pipeline benchmark (:mod:`bench.pipeline`), the same with the
 item-to-item lists off (``pipeline_core``), at Flink parallelism 2 (``pipeline_p2``, keys
-``pipeline.p2.*``) and on a standalone cluster of two TaskManagers (``pipeline_cluster2``, keys
-``pipeline.cluster2.*``: :mod:`deploy.local_cluster`), the serving benchmark (:mod:`bench.serving`:
-Redis lookups and the API under load), the memory benchmark (:mod:`bench.memory`), the
-TaskManager memory of the running job (:mod:`bench.taskmanager_memory`, ``tm_memory``) and the
-closed-loop shopper simulation (:mod:`bench.closed_loop`, ``flywheel``: 10 minutes,
-``--quick`` 4). Merges their figures into ``bench/results/latest.json`` (keys this run did
-not recompute are kept), plots freshness against offered load into
-``bench/results/freshness_vs_load.png`` and the model, serving and memory figures
-(:mod:`bench.plots`) when matplotlib is importable, and prints a table.
+``pipeline.p2.*``), on a standalone cluster of two TaskManagers (``pipeline_cluster2``, keys
+``pipeline.cluster2.*``: :mod:`deploy.local_cluster`) and there with the item-to-item lists
+off (``pipeline_core_cluster2``, keys ``pipeline_core.cluster2.*``), the serving benchmark
+(:mod:`bench.serving`: Redis lookups and the API under load), the memory benchmark
+(:mod:`bench.memory`), the TaskManager memory of the running job
+(:mod:`bench.taskmanager_memory`, ``tm_memory``) and the closed-loop shopper simulation
+(:mod:`bench.closed_loop`, ``flywheel``: 10 minutes, ``--quick`` 4). Merges their figures
+into ``bench/results/latest.json`` (keys this run did not recompute are kept), plots
+freshness against offered load into ``bench/results/freshness_vs_load.png`` and the model,
+serving and memory figures (:mod:`bench.plots`) when matplotlib is importable, and prints a
+table.
 Figures measured before a failure or Ctrl-C are still saved.
 """
 
@@ -50,11 +52,19 @@ __all__ = ["main", "plot_freshness"]
 
 BENCHMARKS = (
     "model", "retrieval", "pipeline", "pipeline_core", "pipeline_p2", "pipeline_cluster2",
-    "serving", "memory", "tm_memory", "flywheel",
+    "pipeline_core_cluster2", "serving", "memory", "tm_memory", "flywheel",
 )  # fmt: skip
+# pipeline variant -> (key prefix, job setting overrides, TaskManagers: 0 = local mini-cluster)
+_VARIANTS: dict[str, tuple[str, dict[str, int], int]] = {
+    "pipeline_core": ("pipeline_core", {"neighbour_context": 0}, 0),
+    "pipeline_p2": ("pipeline.p2", {"parallelism": 2}, 0),
+    "pipeline_cluster2": ("pipeline.cluster2", {}, 2),
+    "pipeline_core_cluster2": ("pipeline_core.cluster2", {"neighbour_context": 0}, 2),
+}
 PLOT = RESULTS_DIR / "freshness_vs_load.png"
 _FRESHNESS_KEY = re.compile(
-    r"^(pipeline|pipeline_core|pipeline\.p2|pipeline\.cluster2)\.freshness_p(50|99)_ms_at_(\d+)eps$"
+    r"^(pipeline|pipeline_core|pipeline\.p2|pipeline\.cluster2|pipeline_core\.cluster2)"
+    r"\.freshness_p(50|99)_ms_at_(\d+)eps$"
 )
 
 
@@ -92,6 +102,12 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
         (_freshness_series(results, "pipeline_core"), "item-to-item lists off", "s", ":"),
         (_freshness_series(results, "pipeline.p2"), "parallelism 2", "^", "-."),
         (_freshness_series(results, "pipeline.cluster2"), "2 TaskManagers", "v", "--"),
+        (
+            _freshness_series(results, "pipeline_core.cluster2"),
+            "2 TaskManagers, lists off",
+            "D",
+            (0, (1, 1)),
+        ),
     )
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for q in ("p50", "p99"):
@@ -155,11 +171,15 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
         "pipeline": ("pipeline benchmark (broker + Redis + Flink job)",
                      lambda: pipeline.run(quick=quick, into=new)),
         "pipeline_core": ("pipeline benchmark, item-to-item lists off (keys pipeline_core.*)",
-                          lambda: _pipeline_core(quick, new)),
+                          lambda: _variant("pipeline_core", quick, new)),
         "pipeline_p2": ("pipeline benchmark at Flink parallelism 2 (keys pipeline.p2.*)",
-                        lambda: _pipeline_p2(quick, new)),
+                        lambda: _variant("pipeline_p2", quick, new)),
         "pipeline_cluster2": ("pipeline benchmark on a standalone cluster of 2 TaskManagers "
-                              "(keys pipeline.cluster2.*)", lambda: _pipeline_cluster2(quick, new)),
+                              "(keys pipeline.cluster2.*)",
+                              lambda: _variant("pipeline_cluster2", quick, new)),
+        "pipeline_core_cluster2": ("pipeline benchmark on 2 TaskManagers, item-to-item lists "
+                                   "off (keys pipeline_core.cluster2.*)",
+                                   lambda: _variant("pipeline_core_cluster2", quick, new)),
         "serving": ("serving benchmark (Redis lookups, recommendation API)",
                     lambda: serving.run(quick=quick, into=new)),
         "memory": ("memory benchmark (Flink state, Redis, item table)",
@@ -179,34 +199,20 @@ def _run(selected: Sequence[str], args: argparse.Namespace, new: Results) -> Non
                 merge_results(new)
 
 
-def _pipeline_core(quick: bool, new: Results) -> None:
-    """The pipeline benchmark with ``neighbour_context=0``, its keys renamed ``pipeline_core.*``."""
-    core: Results = {}
+def _variant(name: str, quick: bool, new: Results) -> None:
+    """One pipeline variant of :data:`_VARIANTS`: the pipeline benchmark with its job setting
+    overrides, in the local mini-cluster or on a standalone cluster of one-slot TaskManagers
+    (own JVM and Python interpreter each) at that parallelism, its keys renamed from
+    ``pipeline.*`` to the variant's prefix (e.g. ``pipeline_core.*`` with
+    ``neighbour_context=0``, ``pipeline.p2.*`` at parallelism 2)."""
+    prefix, overrides, taskmanagers = _VARIANTS[name]
+    results: Results = {}
     try:
-        pipeline.run(quick=quick, into=core, overrides={"neighbour_context": 0})
+        pipeline.run(quick=quick, into=results, overrides=overrides, taskmanagers=taskmanagers)
     finally:
-        new.update({f"pipeline_core.{k.split('.', 1)[1]}": v for k, v in core.items()})
-        new["pipeline_core.neighbour_context"] = 0
-
-
-def _pipeline_p2(quick: bool, new: Results) -> None:
-    """The pipeline benchmark at parallelism 2 (two subtasks per operator, the events topic in
-    two partitions), its keys renamed ``pipeline.p2.*``."""
-    p2: Results = {}
-    try:
-        pipeline.run(quick=quick, into=p2, overrides={"parallelism": 2})
-    finally:
-        new.update({f"pipeline.p2.{k.split('.', 1)[1]}": v for k, v in p2.items()})
-
-
-def _pipeline_cluster2(quick: bool, new: Results) -> None:
-    """The pipeline benchmark on a standalone cluster of two one-slot TaskManagers (own JVM
-    and Python interpreter each) at parallelism 2, its keys renamed ``pipeline.cluster2.*``."""
-    cluster: Results = {}
-    try:
-        pipeline.run(quick=quick, into=cluster, taskmanagers=2)
-    finally:
-        new.update({f"pipeline.cluster2.{k.split('.', 1)[1]}": v for k, v in cluster.items()})
+        new.update({f"{prefix}.{k.split('.', 1)[1]}": v for k, v in results.items()})
+        if "neighbour_context" in overrides:
+            new[f"{prefix}.neighbour_context"] = overrides["neighbour_context"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
