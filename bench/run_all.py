@@ -122,8 +122,9 @@ def plot_freshness(results: Mapping[str, Value], path: Path = PLOT) -> Path | No
                         label=label)  # fmt: skip
     if series["processed"]:
         rates, right = sorted(series["processed"]), ax.twinx()
-        right.plot(rates, [series["processed"][r] for r in rates], "--", color="grey", marker=".")
-        right.set_ylabel("processed events/s, default job (dashed)")
+        right.plot(rates, [series["processed"][r] for r in rates], color="black", marker="x",
+                   linewidth=0.8, alpha=0.6)  # fmt: skip
+        right.set_ylabel("processed events/s, default job (black, x)")
         right.set_ylim(bottom=0)
     ax.set_xlabel("offered load (events/s)")
     ax.set_ylabel("freshness (ms): Redis write - Kafka record time")
