@@ -224,12 +224,7 @@ class LocalCluster:
             str(_ROOT / "flink_jobs" / "job.py"),
         ]
         log_path = self._log_dir / "submit.log"
-        with open(log_path, "wb") as log:
-            client = subprocess.Popen(
-                command, cwd=_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent_hook(),
-            )  # fmt: skip
+        client = _spawn(command, env, log_path)
         try:
             status = client.wait(timeout=timeout_s)
         finally:  # the client (a JVM and its Python driver) never outlives the submission
@@ -360,12 +355,7 @@ class LocalCluster:
         }
         log_path = self._log_dir / f"{name}.out"
         command = [str(_flink_home() / "bin" / script), "start-foreground"]
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command, cwd=_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent_hook(),
-            )  # fmt: skip
+        popen = _spawn(command, env, log_path)
         self._processes.append(_Process(name, popen, log_path))
 
     def _rest(self, path: str) -> dict[str, Any] | None:
@@ -439,6 +429,16 @@ def _demo(argv: list[str] | None = None) -> int:
                 cluster.check()
                 time.sleep(2)
     return 0
+
+
+def _spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` from the project root in its own session (so its whole process group
+    can be signalled), output into ``log_path``, and killed if this process dies."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            command, cwd=_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent_hook(),
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
