@@ -357,13 +357,13 @@ def run(
         "pipeline.users": cfg.n_users,
         "pipeline.catalogue_items": cfg.n_items,
         "pipeline.n_factors": 32,
-        "pipeline.checkpoint_interval_s": 10,
         "pipeline.quick": int(quick),
         "pipeline.date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
     shop = SyntheticShop(cfg.n_users, cfg.n_items, seed=cfg.seed)
     with running_job(work.resolve(), overrides or {}, taskmanagers) as job:
         results["pipeline.parallelism"] = job.settings.parallelism
+        results["pipeline.checkpoint_interval_s"] = job.settings.checkpoint_interval_ms / 1000
         if taskmanagers:
             results["pipeline.taskmanagers"] = taskmanagers
         keys = _key_maker(job.settings.hmac_key)
