@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import cProfile
 import gc
+import logging
 import marshal
 import os
 import threading
@@ -32,6 +33,7 @@ __all__ = ["DUMP_EVERY_S", "start", "stop"]
 
 DUMP_EVERY_S = 10.0
 
+_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _profiles: dict[Path, cProfile.Profile] = {}
 _writer: threading.Thread | None = None
@@ -71,7 +73,7 @@ def stop() -> None:
             del _profiles[path]
     for path, profile in mine.items():
         profile.disable()
-        _write(path, profile)
+        _write_safely(path, profile)
 
 
 def _write_every() -> None:
@@ -80,7 +82,16 @@ def _write_every() -> None:
         with _lock:
             profiles = list(_profiles.items())
         for path, profile in profiles:
-            _write(path, profile)
+            _write_safely(path, profile)
+
+
+def _write_safely(path: Path, profile: cProfile.Profile) -> None:
+    """:func:`_write`, logging instead of raising when the file cannot be written (e.g. its
+    directory was removed): profiling never stops the writer thread or an operator's close."""
+    try:
+        _write(path, profile)
+    except OSError as exc:
+        _log.warning("cannot write profile %s: %s", path, exc)
 
 
 def _write(path: Path, profile: cProfile.Profile) -> None:
@@ -92,7 +103,8 @@ def _write(path: Path, profile: cProfile.Profile) -> None:
     finally:
         if collecting:
             gc.enable()
-    partial = path.with_suffix(".tmp")
+    # one partial file per writing thread: stop() and the periodic writer may dump at once
+    partial = path.with_suffix(f".{threading.get_ident()}.tmp")
     with open(partial, "wb") as out:
         marshal.dump(profile.stats, out)
     os.replace(partial, path)

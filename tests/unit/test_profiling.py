@@ -63,3 +63,17 @@ def test_an_empty_directory_profiles_nothing_and_a_file_is_refused(tmp_path: Pat
     (tmp_path / "file").write_text("")
     with pytest.raises(SettingsError, match=r"FLYWHEEL_PROFILE_DIR.*expected a directory"):
         load_settings(profile_dir=str(tmp_path / "file"))
+
+
+def test_a_profile_that_cannot_be_written_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "profiles"
+    profiling.start(str(directory), "gone")
+    _operator_work(1_000)
+    for leftover in directory.glob("*"):
+        leftover.unlink()
+    directory.rmdir()  # removed under the profiler, as a test's temporary directory is
+    with caplog.at_level("WARNING", logger="flink_jobs.profiling"):
+        profiling.stop()  # an operator's close(): must not raise
+    assert "cannot write profile" in caplog.text
