@@ -24,9 +24,8 @@ from flink_jobs.item_neighbours import (
     context_record,
     decode_counts,
     encode_context,
-    encode_counts,
 )
-from flink_jobs.neighbour_state import decode_logged
+from flink_jobs.neighbour_state import decode_logged, encode_snapshot
 from flywheel.settings import load_settings
 from online_models.neighbours import ItemContext, NeighbourCounts
 
@@ -57,7 +56,7 @@ def measure() -> Results:
         )
         return encode_context(record) if record is not None else None
 
-    raw = encode_counts(_full_item(settings.neighbour_max, rng))
+    raw = encode_snapshot(_full_item(settings.neighbour_max, rng))
     pairs = orjson.dumps([[f"sku-{i}", 1.0, 10.0] for i in range(settings.neighbour_context)])
     records = cycle([
         encode_context(("sku-x", 1_700_000_001_000 + i, 1.0, pairs.decode()))

@@ -224,7 +224,7 @@ class LocalCluster:
             str(_ROOT / "flink_jobs" / "job.py"),
         ]
         log_path = self._log_dir / "submit.log"
-        client = _spawn(command, env, log_path)
+        client = _start_process(command, env, log_path)
         try:
             status = client.wait(timeout=timeout_s)
         finally:  # the client (a JVM and its Python driver) never outlives the submission
@@ -355,7 +355,7 @@ class LocalCluster:
         }
         log_path = self._log_dir / f"{name}.out"
         command = [str(_flink_home() / "bin" / script), "start-foreground"]
-        popen = _spawn(command, env, log_path)
+        popen = _start_process(command, env, log_path)
         self._processes.append(_Process(name, popen, log_path))
 
     def _rest(self, path: str) -> dict[str, Any] | None:
@@ -431,7 +431,9 @@ def _demo(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _spawn(command: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _start_process(
+    command: list[str], env: Mapping[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
     """Start ``command`` from the project root in its own session (so its whole process group
     can be signalled), output into ``log_path``, and killed if this process dies."""
     with open(log_path, "wb") as log:

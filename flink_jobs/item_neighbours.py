@@ -64,7 +64,7 @@ from connectors.redis_lists import ItemList, ListWriter, encode_item_list, item_
 from flink_jobs import profiling
 from flink_jobs.batch_queue import BatchQueue
 from flink_jobs.collector import tune_collector
-from flink_jobs.neighbour_state import LoggedCounts, decode_logged, encode_snapshot, event_line
+from flink_jobs.neighbour_state import LoggedCounts, decode_logged, event_line
 from flink_jobs.state_cache import DecodedCache
 from flink_jobs.state_descriptors import bytes_state
 from flywheel.settings import Settings
@@ -79,7 +79,6 @@ __all__ = [
     "context_record",
     "decode_counts",
     "encode_context",
-    "encode_counts",
 ]
 
 # JSON [ts, action weight, [[other item, pair weight, popularity], ...], item]: encode_context
@@ -125,11 +124,6 @@ def encode_context(record: tuple[str, int, float, str]) -> str:
     """
     item, ts, weight, context = record
     return f"{event_line(ts, weight, context)[:-1]},{orjson.dumps(item).decode()}]"
-
-
-def encode_counts(counts: NeighbourCounts) -> bytes:
-    """Bytes kept in Flink state: a snapshot, no log (:mod:`flink_jobs.neighbour_state`)."""
-    return encode_snapshot(counts)
 
 
 def decode_counts(raw: bytes | None, settings: Settings) -> NeighbourCounts:

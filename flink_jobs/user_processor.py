@@ -238,11 +238,8 @@ class UserProcessor(KeyedBroadcastProcessFunction):
                 self.metrics.item_sync_batches.labels("sent").inc()
                 yield encode_batch(batch)
 
+    @paused()  # one pair per listed item: no collection scanning them (collector.py)
     def _refresh(self) -> None:
-        with paused():  # one pair per listed item: no collection scanning them (collector.py)
-            self._refresh_batch()
-
-    def _refresh_batch(self) -> None:
         started = time.perf_counter()
         batch = self.queue.take()
         items, trending = self.model.items, self._current_trending()

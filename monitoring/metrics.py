@@ -235,13 +235,13 @@ def serve(port: int, addr: str = "127.0.0.1", span: int = 1) -> None:
         _users += 1
         if port == 0 or _server is not None:
             return
-        for candidate in range(port, port + max(1, span)):
+        last = port + max(1, span) - 1
+        for candidate in range(port, last + 1):
             try:
                 _server, _ = start_http_server(candidate, addr=addr, registry=_registry)
                 return
             except OSError as exc:
                 error = exc
-        last = port + max(1, span) - 1
         where = f"{addr}:{port}" if last == port else f"{addr}:{port}-{last}"
         _log.error("cannot serve metrics on %s: %s", where, error)
 

@@ -192,12 +192,10 @@ class NeighbourCounts:
                 pair = pairs[other] = pair + pair_weight * grow
                 if popularity > 0:
                     pop = pops[other] = float(popularity)
-            if keys is None:
-                stale = stale or _rank(pair, pop) >= threshold  # on the list now
-            else:
-                rank = _rank(pair, pop)
+            rank = _rank(pair, pop)
+            if keys is not None:
                 keys[other] = -rank
-                stale = stale or rank >= threshold
+            stale = stale or rank >= threshold  # on the list now
         if len(pairs) > 2 * self.max_neighbours:
             self._prune()
             stale = True

@@ -6,8 +6,8 @@ import random
 
 import orjson
 
-from flink_jobs.item_neighbours import decode_counts, encode_context, encode_counts
-from flink_jobs.neighbour_state import MAX_LOGGED, LoggedCounts, decode_logged
+from flink_jobs.item_neighbours import decode_counts, encode_context
+from flink_jobs.neighbour_state import MAX_LOGGED, LoggedCounts, decode_logged, encode_snapshot
 from flywheel.settings import load_settings
 from online_models.neighbours import ListMark, NeighbourCounts
 
@@ -51,7 +51,7 @@ def _old_step(raw: bytes | None, record: tuple[str, int, float, str], mark: List
         counts.load(orjson.loads(raw))
     _, ts, weight, context = record
     stale = counts.add(ts, weight, orjson.loads(context), mark)
-    return encode_counts(counts), stale, counts
+    return encode_snapshot(counts), stale, counts
 
 
 def test_the_log_gives_bit_for_bit_the_counts_and_staleness_of_an_encode_per_event() -> None:
@@ -72,8 +72,8 @@ def test_the_log_gives_bit_for_bit_the_counts_and_staleness_of_an_encode_per_eve
         new[item], held[item] = raw, state
         folds, appends = folds + (b"\n" not in raw), appends + (b"\n" in raw)
         assert stale == old_stale
-        assert encode_counts(state.counts) == old[item]
-        assert encode_counts(decode_counts(raw, SETTINGS)) == old[item]
+        assert encode_snapshot(state.counts) == old[item]
+        assert encode_snapshot(decode_counts(raw, SETTINGS)) == old[item]
         if rng.random() < 0.2:  # a list written: both sides get the same mark
             (ranked, mark), (new_ranked, new_mark) = old_counts.publish(5), state.counts.publish(5)
             assert (ranked, mark) == (new_ranked, new_mark)
@@ -86,7 +86,7 @@ def test_a_full_item_folds_every_max_logged_events_and_stays_bounded() -> None:
     counts = NeighbourCounts(settings.neighbour_max, settings.neighbour_half_life_s)
     for k in range(60):
         counts.add(k, 1.0, [(f"neighbour-{k}", 1.0, 3.0)])
-    raw: bytes | None = encode_counts(counts)
+    raw: bytes | None = encode_snapshot(counts)
     state = decode_logged(raw, settings)
     small = orjson.dumps([["neighbour-1", 0.5, 2.0]]).decode()
     logged, sizes = [], []
@@ -105,7 +105,7 @@ def test_a_full_item_folds_every_max_logged_events_and_stays_bounded() -> None:
 def test_a_log_may_not_outgrow_its_snapshot() -> None:
     state = decode_logged(None, SETTINGS)
     raw, _ = _add(state, None, 0, 1.0, "[]")
-    assert state.logged == 0 and raw == encode_counts(state.counts)
+    assert state.logged == 0 and raw == encode_snapshot(state.counts)
     big = orjson.dumps([[f"n{k}", 1.0, 2.0] for k in range(5)]).decode()
     raw, _ = _add(state, raw, 1, 1.0, big)  # longer than the tiny snapshot: fold instead
     assert b"\n" not in raw and state.logged == 0
@@ -123,7 +123,7 @@ def test_a_value_written_before_the_log_reads_as_a_snapshot() -> None:
     raw, _ = _add(state, legacy, 6, 1.0, orjson.dumps([["tea", 1.0, 4.0]]).decode())
     assert raw.startswith(legacy + b"\n")
     counts.add(6, 1.0, [("tea", 1.0, 4.0)])
-    assert encode_counts(decode_counts(raw, SETTINGS)) == encode_counts(counts)
+    assert encode_snapshot(decode_counts(raw, SETTINGS)) == encode_snapshot(counts)
 
 
 def test_item_ids_with_spaces_and_newlines_survive_the_log() -> None:
@@ -136,7 +136,7 @@ def test_item_ids_with_spaces_and_newlines_survive_the_log() -> None:
     assert state.logged == 1
     back = decode_counts(raw, SETTINGS)
     assert back.decayed("line\nbreak x") == state.counts.decayed("line\nbreak x") == 1.0
-    assert encode_counts(back) == encode_counts(state.counts)
+    assert encode_snapshot(back) == encode_snapshot(state.counts)
 
 
 def test_a_snapshot_in_the_earlier_layout_with_a_log_reads_as_the_same_counts() -> None:
@@ -149,7 +149,7 @@ def test_a_snapshot_in_the_earlier_layout_with_a_log_reads_as_the_same_counts() 
     line = b'\n[1000,4.0,[["tea",1.0,9.0],["milk",2.0,3.0]]]'
     old, new = (
         decode_logged(earlier + line, SETTINGS),
-        decode_logged(encode_counts(counts) + line, SETTINGS),
+        decode_logged(encode_snapshot(counts) + line, SETTINGS),
     )
     assert old.logged == new.logged == 1
-    assert encode_counts(old.counts) == encode_counts(new.counts)
+    assert encode_snapshot(old.counts) == encode_snapshot(new.counts)

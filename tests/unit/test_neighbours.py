@@ -13,8 +13,8 @@ from flink_jobs.item_neighbours import (
     ListQueue,
     context_record,
     decode_counts,
-    encode_counts,
 )
+from flink_jobs.neighbour_state import encode_snapshot
 from flywheel.settings import load_settings
 from online_models.neighbours import ItemContext, NeighbourCounts
 
@@ -128,7 +128,7 @@ def test_the_record_and_the_state_round_trip() -> None:
     assert orjson.loads(pairs) == [["tea", 2.0, 12.0]]
     counts = decode_counts(None, settings)
     counts.add(ts, weight, [tuple(p) for p in orjson.loads(pairs)])
-    back = decode_counts(encode_counts(counts), settings)
+    back = decode_counts(encode_snapshot(counts), settings)
     assert back.top(5) == counts.top(5) == [("tea", round(2.0 / math.sqrt(4.0 * 12.0), 5))]
     assert back.max_neighbours == 5
     off = ItemContext(0, 60_000)
