@@ -21,8 +21,9 @@ containers at once: a top-N refresh builds one ``(item, score)`` pair per listed
 to 1,024 users (~50,000 tuples, alive until the batch is encoded), which alone crossed
 ``YOUNG`` twice per batch, each time scanning those tuples. With the collector paused for the
 refresh, they are freed before it can run. Measured on the pipeline benchmark's full-length
-throughput phase (2026-11-23): 712 young and 64 middle collections, 4.7 s, per 300k events
-without it; 176 and 16, 2.2 s, with it.
+throughput phase (2026-11-23, with a temporary ``gc.callbacks`` timing hook, not kept): 712
+young and 64 middle collections, 4.7 s, per 300k events without it; 176 and 16, 2.2 s, with
+it.
 """
 
 from __future__ import annotations
